@@ -339,8 +339,12 @@ def apply_file_patch(patch_name: str, fp: FilePatch, content: str | None) -> str
             if found >= 0:
                 break
         if found < 0:
-            near = min(max(expected, pos), max(len(have) - 1, 0))
-            why = _first_difference(h.old, have, near) or "context not found"
+            # report against the closest partial match: most lines equal, then nearest to where it should be
+            def score(at):
+                return (sum(1 for k, ln in enumerate(h.old) if at + k < len(have) and have[at + k] == ln),
+                        -abs(at - expected))
+            near = max(range(pos, max(len(have) - span, pos) + 1), key=score)
+            why = _first_difference(h.old, have, near)
             raise ApplyError(
                 f"patch {patch_name} does not apply: {fp.path} hunk #{n} ({h.header}): "
                 f"context not found ({why})"
@@ -745,8 +749,14 @@ def _wheel(args, series: Series) -> Path:
     return find_upstream_wheel(series.root, series.pin, getattr(args, "python_tag", None))
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not usage + error
+        print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="series.py", description=__doc__.split("\n\n")[0])
+    ap = _Parser(prog="series.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", help="project root (default: this repo)")
     sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
 
