@@ -1,0 +1,573 @@
+# Copyright 2026 The Gemma-4 series maintainers
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+# ==============================================================================
+"""Packed, batched encoding of Gemma-4 images and video frames.
+
+``Gemma4ForConditionalGeneration.get_image_feature`` / ``get_video_feature``
+receive every cache-missing image (or video) of every request of a prefill
+batch in one call.  This module encodes all of them with as few vision-tower
+calls as possible and one ``embed_vision`` call, in four stages:
+
+1. plan (host only): validate every item, find the valid (non-padding) patches
+   of each image / frame from its positions, and precompute for each valid
+   patch the soft token it is pooled into.  Malformed items raise a
+   ``ValueError`` naming the item before any device work starts.
+2. encode: strip the padding patches and concatenate the valid patches of all
+   images of any resolution into one ``[tokens, hidden]`` stream with per-image
+   ``cu_seqlens``.  Attention backends that take variable-length batches
+   (fa3, fa4, triton_attn) run the whole stream in one tower call per memory
+   chunk; other backends (sdpa) get one call per group of images with the same
+   number of valid patches, which needs no padding mask at all.  Position
+   embeddings are gathered from the table rows (no one-hot matmul).
+3. pool: average the valid patches of each ``k x k`` cell in float32, scale
+   and standardize as transformers' ``Gemma4VisionModel`` does.  Padding
+   patches never reach a soft token.
+4. project: one ``embed_vision`` call over the soft tokens of all images, then
+   one tensor per item that owns its storage, in item order, with precomputed
+   embeddings passed through unchanged.
+
+Chunks are sized by a byte budget divided by the per-token transient of the
+tower, computed from its geometry (see ``encoder_bytes_per_token``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+# Byte budget of the transient activations of one vision-tower call.
+BUDGET_ENV = "SGLANG_GEMMA4_VISION_ENCODER_BUDGET_MB"
+DEFAULT_BUDGET_MB = 512
+
+# Vision attention backends that take packed variable-length batches via
+# ``cu_seqlens``.  Any other backend is fed groups of equal-length images.
+VARLEN_BACKENDS = frozenset({"fa3", "fa4", "triton_attn"})
+
+
+# ---------------------------------------------------------------------------
+# Position embeddings
+# ---------------------------------------------------------------------------
+
+
+def position_embeddings(
+    table: torch.Tensor,
+    positions: torch.Tensor,
+    padding: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Sum of the x and y rows of a ``[2, size, hidden]`` position table.
+
+    Exactly what ``one_hot(positions) @ table`` summed over the two axes gives
+    (one non-zero per row), without the ``[..., 2, size]`` one-hot transient.
+    ``positions`` is ``[..., 2]`` with ``-1`` marking padding; rows where
+    ``padding`` is True are zero.
+    """
+    clamped = positions.clamp(min=0)
+    emb = F.embedding(clamped[..., 0], table[0]) + F.embedding(clamped[..., 1], table[1])
+    if padding is not None:
+        emb = emb.masked_fill(padding.unsqueeze(-1), 0.0)
+    return emb
+
+
+# ---------------------------------------------------------------------------
+# Planning (host side)
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class VisionSegment:
+    """One image or one video frame to encode."""
+
+    item: int  # index of the item it belongs to
+    pixels: torch.Tensor  # [P, patch_pixels], wherever the caller put it
+    valid_rows: Optional[torch.Tensor]  # CPU int64 rows of valid patches; None = prefix
+    positions: torch.Tensor  # [n, 2] CPU int64 positions of the valid patches
+    token_of_patch: torch.Tensor  # [n] CPU int64 soft-token index (0-based, per segment)
+    num_tokens: int
+
+    @property
+    def num_valid(self) -> int:
+        return self.positions.shape[0]
+
+
+@dataclass
+class VisionBatchPlan:
+    """Validated inputs: segments to encode and, per item, how to assemble it."""
+
+    segments: List[VisionSegment] = field(default_factory=list)
+    # per item, in order: ("embeds", tensor) or ("segments", first, stop)
+    pieces: List[List[tuple]] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_tokens for s in self.segments)
+
+
+def _flatten(value) -> list:
+    if isinstance(value, (list, tuple)):
+        return [leaf for sub in value for leaf in _flatten(sub)]
+    return [value]
+
+
+def _plan_segment(
+    pixels: torch.Tensor,
+    positions: torch.Tensor,
+    *,
+    k: int,
+    table_size: int,
+    where: str,
+) -> Tuple[Optional[torch.Tensor], torch.Tensor, torch.Tensor, int]:
+    """Valid patches of one image and the soft token each one is pooled into.
+
+    Follows transformers' Gemma4VisionPooler: a patch at (x, y) goes to cell
+    ``x // k + (max_x // k) * (y // k)``, where ``max_x`` is one past the
+    largest x; soft tokens are the cells that receive a patch, in cell order.
+    """
+    num_patches = pixels.shape[0]
+    k2 = k * k
+    if num_patches < k2 or num_patches % k2:
+        raise ValueError(
+            f"{where}: {num_patches} patches cannot be pooled by a {k}x{k} kernel "
+            f"(the patch count must be a positive multiple of {k2})"
+        )
+    pos = positions.to("cpu", torch.int64)
+    valid = (pos != -1).any(dim=-1)
+    valid_rows = valid.nonzero().squeeze(1)
+    n = valid_rows.numel()
+    if n == 0:
+        raise ValueError(f"{where}: all {num_patches} patches are padding (positions -1)")
+    prefix = bool(valid[:n].all())
+    pos = pos[:n] if prefix else pos.index_select(0, valid_rows)
+    if (pos < 0).any() or (pos >= table_size).any():
+        raise ValueError(
+            f"{where}: patch positions must lie in [0, {table_size}) or be (-1, -1) "
+            f"for padding; got range [{int(pos.min())}, {int(pos.max())}]"
+        )
+    cells_per_row = (int(pos[:, 0].max()) + 1) // k
+    cell = pos[:, 0] // k + cells_per_row * (pos[:, 1] // k)
+    if int(cell.max()) >= num_patches // k2:
+        raise ValueError(
+            f"{where}: patch positions span more pooled cells than the "
+            f"{num_patches // k2} soft tokens its {num_patches} patches allow"
+        )
+    cells, token_of_patch, counts = torch.unique(
+        cell, sorted=True, return_inverse=True, return_counts=True
+    )
+    if int(counts.max()) > k2:
+        raise ValueError(
+            f"{where}: a {k}x{k} pooling cell holds {int(counts.max())} patches "
+            "(duplicate patch positions)"
+        )
+    return (None if prefix else valid_rows), pos, token_of_patch, cells.numel()
+
+
+def plan_items(
+    items: Sequence[Any],
+    *,
+    kind: str,
+    position_attr: str,
+    text_hidden_size: int,
+    patch_pixels: int,
+    pooling_kernel_size: int,
+    position_table_size: int,
+) -> VisionBatchPlan:
+    """Validate ``items`` and split them into per-image / per-frame segments.
+
+    ``kind`` is "image" (pixel tensors ``[P, C]`` or ``[N, P, C]``) or "video"
+    (``[F, P, C]`` or ``[V, F, P, C]``).  A 2-D or 3-D tensor whose last
+    dimension is ``text_hidden_size`` is a precomputed embedding and is passed
+    through.  Every problem of every item is reported in one ``ValueError``;
+    nothing is encoded when any item is malformed.
+    """
+    if kind not in ("image", "video"):
+        raise ValueError(f"kind must be 'image' or 'video', got {kind!r}")
+    pixel_ranks = (2, 3) if kind == "image" else (2, 3, 4)
+    plan = VisionBatchPlan()
+    problems = []
+    for item_idx, item in enumerate(items):
+        pieces: List[tuple] = []
+        plan.pieces.append(pieces)
+        features = _flatten([getattr(item, "feature", None)])
+        positions = _flatten([getattr(item, position_attr, None)])
+        for t_idx, pv in enumerate(features):
+            where = f"{kind} item {item_idx}" + (f" tensor {t_idx}" if len(features) > 1 else "")
+            try:
+                if not isinstance(pv, torch.Tensor):
+                    raise ValueError(f"{where}: pixel values are {type(pv).__name__}, not a tensor")
+                if pv.dim() in (2, 3) and pv.shape[-1] == text_hidden_size:
+                    pieces.append(("embeds", pv))
+                    continue
+                pp = positions[t_idx] if t_idx < len(positions) else None
+                if not isinstance(pp, torch.Tensor):
+                    raise ValueError(f"{where}: pixel values have no matching {position_attr}")
+                if pv.dim() not in pixel_ranks:
+                    raise ValueError(
+                        f"{where}: pixel values must have rank {' or '.join(map(str, pixel_ranks))}"
+                        f", got shape {tuple(pv.shape)}"
+                    )
+                if pv.shape[-1] != patch_pixels:
+                    raise ValueError(
+                        f"{where}: pixel values have {pv.shape[-1]} values per patch, expected "
+                        f"{patch_pixels} (or {text_hidden_size} for a precomputed embedding)"
+                    )
+                if not pv.is_floating_point():
+                    raise ValueError(f"{where}: pixel values must be floating point, got {pv.dtype}")
+                if (
+                    pp.dim() != pv.dim()
+                    or tuple(pp.shape[:-1]) != tuple(pv.shape[:-1])
+                    or pp.shape[-1] != 2
+                ):
+                    raise ValueError(
+                        f"{where}: {position_attr} shape {tuple(pp.shape)} does not match pixel "
+                        f"values shape {tuple(pv.shape)} (expected {tuple(pv.shape[:-1]) + (2,)})"
+                    )
+                if pp.is_floating_point() or pp.is_complex() or pp.dtype == torch.bool:
+                    raise ValueError(f"{where}: {position_attr} must be integer, got {pp.dtype}")
+                pv3 = pv.reshape(-1, pv.shape[-2], pv.shape[-1])
+                pp3 = pp.reshape(-1, pp.shape[-2], 2)
+                first = len(plan.segments)
+                for j in range(pv3.shape[0]):
+                    sub = f"{where} {'image' if kind == 'image' else 'frame'} {j}"
+                    rows, pos, tok, ntok = _plan_segment(
+                        pv3[j],
+                        pp3[j],
+                        k=pooling_kernel_size,
+                        table_size=position_table_size,
+                        where=sub,
+                    )
+                    plan.segments.append(VisionSegment(item_idx, pv3[j], rows, pos, tok, ntok))
+                pieces.append(("segments", first, len(plan.segments)))
+            except ValueError as exc:
+                problems.append(str(exc))
+        extra = len(positions) - len(features)
+        if extra > 0 and any(isinstance(p, torch.Tensor) for p in positions[len(features):]):
+            problems.append(
+                f"{kind} item {item_idx}: {len(positions)} {position_attr} tensors for "
+                f"{len(features)} pixel tensors"
+            )
+    if problems:
+        raise ValueError(
+            f"malformed Gemma-4 {kind} input ({len(problems)} problem(s); nothing was encoded): "
+            + "; ".join(problems)
+        )
+    return plan
+
+
+# ---------------------------------------------------------------------------
+# Memory budget
+# ---------------------------------------------------------------------------
+
+
+def encoder_bytes_per_token(
+    vision_config: Any,
+    act_dtype: torch.dtype,
+    pixel_dtype: torch.dtype = torch.float32,
+    *,
+    attention_len: int = 0,
+) -> int:
+    """Peak transient bytes per patch token of one vision-tower call.
+
+    Counted from the tower's geometry (hidden D, attention width A = heads x
+    head_dim, KV width, MLP width I):
+      * the residual stream, the normed layer input and the block output: 3 D;
+      * the attention block, whichever is larger of attention and MLP: fused
+        QKV output, the clamped/normed q/k/v, two RoPE temporaries for q and k,
+        and the attention output: 4 (A + 2 A_kv) + 2 A;
+      * the MLP block: fused gate/up (2 I), GELU(gate) and the product: 4 I;
+      * float32 RoPE tables (angles, cos, sin and their cast: 4 head_dim);
+      * packed pixels (source dtype and activation dtype) and the position /
+        patch embeddings (2 D);
+      * pooling: the float32 sum per patch (D) and the gathered rows (D);
+      * ``attention_len`` > 0 adds float32 scores of a non-fused attention
+        kernel over that many keys (the sdpa math path on CPU).
+    """
+    a = act_dtype.itemsize if hasattr(act_dtype, "itemsize") else torch.finfo(act_dtype).bits // 8
+    p = pixel_dtype.itemsize if hasattr(pixel_dtype, "itemsize") else 4
+    d = vision_config.hidden_size
+    hd = vision_config.head_dim
+    attn_w = vision_config.num_attention_heads * hd
+    kv_w = getattr(vision_config, "num_key_value_heads", vision_config.num_attention_heads) * hd
+    inter = vision_config.intermediate_size
+    patch_pixels = 3 * vision_config.patch_size**2
+    block = max(4 * (attn_w + 2 * kv_w) + 2 * attn_w, 4 * inter)
+    act = a * (3 * d + block + 2 * d + d) + 4 * d
+    rope = 4 * 4 * hd
+    pixels = patch_pixels * (p + a)
+    scores = 4 * vision_config.num_attention_heads * attention_len
+    return int(act + rope + pixels + scores)
+
+
+def resolve_budget_bytes(device: torch.device, budget_bytes: Optional[int] = None) -> int:
+    """The byte budget of one tower call: the explicit value, else
+    ``$SGLANG_GEMMA4_VISION_ENCODER_BUDGET_MB`` (default 512 MiB); on CUDA never
+    more than half of the memory free right now."""
+    if budget_bytes is None:
+        raw = os.environ.get(BUDGET_ENV, "")
+        try:
+            mb = float(raw) if raw.strip() else DEFAULT_BUDGET_MB
+        except ValueError:
+            raise ValueError(f"{BUDGET_ENV} must be a number of MiB, got {raw!r}") from None
+        if mb <= 0:
+            raise ValueError(f"{BUDGET_ENV} must be positive, got {raw!r}")
+        budget_bytes = int(mb * (1 << 20))
+    if device.type == "cuda" and torch.cuda.is_available():
+        free, _total = torch.cuda.mem_get_info(device)
+        budget_bytes = min(budget_bytes, free // 2)
+    return max(int(budget_bytes), 1)
+
+
+def chunk_by_budget(
+    lengths: Sequence[int], order: Sequence[int], max_tokens: int
+) -> List[List[int]]:
+    """Split ``order`` (segment indices) greedily into runs of at most
+    ``max_tokens`` patches; a segment longer than that runs alone."""
+    chunks: List[List[int]] = []
+    cur: List[int] = []
+    cur_len = 0
+    for idx in order:
+        n = lengths[idx]
+        if cur and cur_len + n > max_tokens:
+            chunks.append(cur)
+            cur, cur_len = [], 0
+        cur.append(idx)
+        cur_len += n
+    if cur:
+        chunks.append(cur)
+    return chunks
+
+
+def plan_chunks(
+    segments: Sequence[VisionSegment],
+    *,
+    varlen: bool,
+    budget_bytes: int,
+    vision_config: Any,
+    act_dtype: torch.dtype,
+    pixel_dtype: torch.dtype,
+) -> List[List[int]]:
+    """Tower calls as lists of segment indices.
+
+    varlen: one packed stream, cut by the budget.  Otherwise: one group per
+    distinct valid-patch count (no padding inside a group), each cut by the
+    budget, which then also counts the attention scores of that length.
+    """
+    lengths = [s.num_valid for s in segments]
+    if varlen:
+        per_tok = encoder_bytes_per_token(vision_config, act_dtype, pixel_dtype)
+        return chunk_by_budget(lengths, range(len(segments)), max(budget_bytes // per_tok, 1))
+    groups: dict = {}
+    for i, n in enumerate(lengths):
+        groups.setdefault(n, []).append(i)
+    chunks = []
+    for n, members in groups.items():
+        per_tok = encoder_bytes_per_token(vision_config, act_dtype, pixel_dtype, attention_len=n)
+        chunks.extend(chunk_by_budget(lengths, members, max(budget_bytes // per_tok, 1)))
+    return chunks
+
+
+# ---------------------------------------------------------------------------
+# Encoding
+# ---------------------------------------------------------------------------
+
+
+def attention_backend_name(vision_tower) -> str:
+    attn = vision_tower.encoder.layers[0].self_attn
+    return getattr(attn, "backend_name", "")
+
+
+def _gather_valid(seg: VisionSegment) -> torch.Tensor:
+    if seg.valid_rows is None:
+        return seg.pixels[: seg.num_valid]
+    return seg.pixels.index_select(0, seg.valid_rows.to(seg.pixels.device))
+
+
+def _pool_index(segs: Sequence[VisionSegment], k2: int) -> Tuple[torch.Tensor, bool]:
+    """``[tokens, k*k]`` rows of the packed stream pooled into each soft token,
+    and whether every cell is full.  Empty slots of partial cells point at one
+    extra all-zero row (index = number of patches)."""
+    num_patches = sum(s.num_valid for s in segs)
+    num_tokens = sum(s.num_tokens for s in segs)
+    token = torch.empty(num_patches, dtype=torch.int64)
+    p0 = t0 = 0
+    for s in segs:
+        token[p0 : p0 + s.num_valid] = s.token_of_patch + t0
+        p0 += s.num_valid
+        t0 += s.num_tokens
+    counts = torch.bincount(token, minlength=num_tokens)
+    order = torch.argsort(token, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(num_patches) - starts[token[order]]
+    index = torch.full((num_tokens, k2), num_patches, dtype=torch.int64)
+    index[token[order], slot] = order
+    return index, bool((counts == k2).all())
+
+
+def _encode_chunk(
+    vision_tower,
+    segs: Sequence[VisionSegment],
+    *,
+    varlen: bool,
+    device: torch.device,
+) -> torch.Tensor:
+    """Tower + pooling for one chunk; returns float32 soft tokens, scaled."""
+    embedder = vision_tower.patch_embedder
+    pixels = torch.cat([_gather_valid(s) for s in segs], dim=0).to(device, non_blocking=True)
+    positions = torch.cat([s.positions for s in segs], dim=0).to(device, non_blocking=True)
+    hidden = embedder._patch_projection(pixels)
+    del pixels
+    hidden = hidden + position_embeddings(embedder.position_embedding_table, positions).to(
+        hidden.dtype
+    )
+    if varlen:
+        lens = [s.num_valid for s in segs]
+        cu = torch.zeros(len(lens) + 1, dtype=torch.int32)
+        cu[1:] = torch.cumsum(torch.tensor(lens, dtype=torch.int32), 0)
+        out = vision_tower.encoder(
+            hidden.unsqueeze(0),
+            None,
+            positions.unsqueeze(0),
+            cu_seqlens=cu.to(device, non_blocking=True),
+            max_seqlen=max(lens),
+        ).squeeze(0)
+    else:
+        b, n = len(segs), segs[0].num_valid
+        out = vision_tower.encoder(
+            hidden.view(b, n, -1), None, positions.view(b, n, 2)
+        ).reshape(b * n, -1)
+    del hidden
+    k = vision_tower.pooling_kernel_size
+    index, full = _pool_index(segs, k * k)
+    if not full:
+        out = torch.cat([out, out.new_zeros(1, out.shape[-1])], dim=0)
+    pooled = out[index.to(device, non_blocking=True)].sum(dim=1, dtype=torch.float32) / (k * k)
+    return pooled.to(out.dtype)
+
+
+def encode_segments(
+    vision_tower,
+    segments: Sequence[VisionSegment],
+    *,
+    dtype: torch.dtype,
+    budget_bytes: Optional[int] = None,
+) -> torch.Tensor:
+    """Soft tokens (pre-projection) of all ``segments``, concatenated in order."""
+    device = vision_tower.device
+    name = attention_backend_name(vision_tower)
+    varlen = name in VARLEN_BACKENDS
+    budget = resolve_budget_bytes(device, budget_bytes)
+    pixel_dtype = segments[0].pixels.dtype
+    chunks = plan_chunks(
+        segments,
+        varlen=varlen,
+        budget_bytes=budget,
+        vision_config=vision_tower.config,
+        act_dtype=dtype,
+        pixel_dtype=pixel_dtype,
+    )
+    token_start = []
+    t = 0
+    for s in segments:
+        token_start.append(t)
+        t += s.num_tokens
+    pooled = None
+    for chunk in chunks:
+        segs = [segments[i] for i in chunk]
+        out = _encode_chunk(vision_tower, segs, varlen=varlen, device=device)
+        if pooled is None and len(chunks) == 1 and chunk == list(range(len(segments))):
+            pooled = out
+            break
+        if pooled is None:
+            pooled = out.new_empty(t, out.shape[-1])
+        o = 0
+        for i, s in zip(chunk, segs):
+            pooled[token_start[i] : token_start[i] + s.num_tokens] = out[o : o + s.num_tokens]
+            o += s.num_tokens
+    # transformers scales and standardizes in float32, then casts back
+    pooled = pooled.float() * vision_tower.pooler.root_hidden_size
+    if getattr(vision_tower, "standardize", False):
+        pooled = (pooled - vision_tower.std_bias.float()) * vision_tower.std_scale.float()
+    return pooled.to(dtype)
+
+
+def assemble(
+    plan: VisionBatchPlan, embedded: Optional[torch.Tensor], device: torch.device
+) -> List[torch.Tensor]:
+    """One ``[tokens, hidden]`` tensor per item, in item order.
+
+    An item's encoded tokens are copied out of the shared projection output
+    unless the item takes all of it, so no result pins another item's storage;
+    precomputed embeddings come back as (views of) the given tensors.
+    """
+    seg_start = [0]
+    for s in plan.segments:
+        seg_start.append(seg_start[-1] + s.num_tokens)
+    total = seg_start[-1]
+    results = []
+    for pieces in plan.pieces:
+        parts = []
+        for piece in pieces:
+            if piece[0] == "embeds":
+                emb = piece[1]
+                parts.append((emb.reshape(-1, emb.shape[-1]).to(device), False))
+            else:
+                lo, hi = seg_start[piece[1]], seg_start[piece[2]]
+                parts.append((embedded[lo:hi], hi - lo != total))
+        if not parts:
+            raise ValueError(f"item {len(results)} has no pixel values or embeddings")
+        if len(parts) > 1:
+            results.append(torch.cat([p for p, _ in parts], dim=0))
+        else:
+            part, shares_storage = parts[0]
+            results.append(part.clone() if shares_storage else part)
+    return results
+
+
+def encode_vision_items(
+    items: Sequence[Any],
+    *,
+    kind: str,
+    position_attr: str,
+    vision_tower,
+    embed_vision,
+    text_hidden_size: int,
+    dtype: torch.dtype,
+    budget_bytes: Optional[int] = None,
+) -> Union[torch.Tensor, List[torch.Tensor]]:
+    """Encode ``items`` (MultimodalDataItem-like: ``.feature`` and
+    ``.<position_attr>``) into one embedding tensor per item.
+
+    Returns a list of ``[tokens_i, text_hidden]`` tensors in item order, or a
+    ``(0, text_hidden)`` tensor when ``items`` is empty.
+    """
+    device = vision_tower.device
+    if not items:
+        return torch.empty(0, text_hidden_size, device=device, dtype=dtype)
+    cfg = vision_tower.config
+    plan = plan_items(
+        items,
+        kind=kind,
+        position_attr=position_attr,
+        text_hidden_size=text_hidden_size,
+        patch_pixels=3 * cfg.patch_size**2,
+        pooling_kernel_size=cfg.pooling_kernel_size,
+        position_table_size=cfg.position_embedding_size,
+    )
+    embedded = None
+    if plan.segments:
+        soft = encode_segments(vision_tower, plan.segments, dtype=dtype, budget_bytes=budget_bytes)
+        embedded = embed_vision(inputs_embeds=soft)
+    return assemble(plan, embedded, device)
