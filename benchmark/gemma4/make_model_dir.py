@@ -338,15 +338,250 @@ def write_configs(root: str = CONFIGS_DIR) -> List[str]:
     return written
 
 
+# --------------------------------------------------------------------------
+# Tokenizer: word-level, dense ids 0..vocab_size-1 so that every id the model
+# can emit decodes to one whitespace-separated word and re-encodes to the same
+# id (bench_serving counts tokens by re-tokenizing).  The Gemma-4 control and
+# multimodal tokens sit at their real ids and are special (never split).
+# --------------------------------------------------------------------------
+CONTROL_TOKENS = {
+    # name: (text, id) for the real vocab; the tiny vocab reuses the low ids.
+    "<pad>": PAD_ID, "<eos>": EOS_ID, "<bos>": BOS_ID, "<unk>": UNK_ID, "<mask>": MASK_ID,
+    "<|tool>": 46, "<tool|>": 47, "<|tool_call>": 48, "<tool_call|>": 49,
+    "<|tool_response>": 50, "<tool_response|>": 51, '<|"|>': 52,
+    "<|think|>": 98, "<|channel>": 100, "<channel|>": 101,
+    "<|turn>": START_OF_TURN_ID, "<turn|>": END_OF_TURN_ID,
+}
+MM_TOKEN_TEXT = {
+    "boi": "<|image>", "eoi": "<image|>", "image": "<|image|>", "video": "<|video|>",
+    "boa": "<|audio>", "eoa": "<audio|>", "audio": "<|audio|>",
+}
+_WORDS = (
+    "user model system the of and to in is that it for was on are as with his they at be this from I have or "
+    "by one had not but what all were when we there can an your which their said if do will each about how up "
+    "out them then she many some so these would other into has more her two like him see time could no make "
+    "than first been its who now people my made over did down only way find use may water long little very "
+    "after words called just where most know get through back much go good new write our me man too any day "
+    "same right look think also around another came come work three word must because does part even place "
+    "well such here take why help put different away again off went old number great tell men say small every "
+    "found still between name should home big give air line set own under read last never us left end along "
+    "while might next sound below saw something thought both few those always show large often together asked "
+    "house world going want school important until form food keep children feet land side without boy once "
+    "animal life enough took four head above kind began almost live page got earth need far hand high year "
+    "mother light country father let night picture being study second soon story since white ever paper hard "
+    "near sentence better best across during today however sure knew try told young sun thing whole hear "
+    "example heard several change answer room sea against top turned learn point city play toward five himself "
+    "usually money seen car morning image video audio question summary text"
+).split()
+
+CHAT_TEMPLATE = (
+    "{{- bos_token -}}\n"
+    "{%- for message in messages -%}\n"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}\n"
+    "{{- '<|turn>' + role + '\\n' -}}\n"
+    "{%- if message['content'] is string -%}\n"
+    "{{- message['content'] -}}\n"
+    "{%- else -%}\n"
+    "{%- for item in message['content'] -%}\n"
+    "{%- if item['type'] == 'text' -%}{{- item['text'] -}}\n"
+    "{%- elif item['type'] in ['image', 'image_url'] -%}{{- '\\n\\n<|image|>\\n\\n' -}}\n"
+    "{%- elif item['type'] in ['video', 'video_url'] -%}{{- '\\n\\n<|video|>\\n\\n' -}}\n"
+    "{%- elif item['type'] in ['audio', 'audio_url', 'input_audio'] -%}{{- '<|audio|>' -}}\n"
+    "{%- endif -%}\n"
+    "{%- endfor -%}\n"
+    "{%- endif -%}\n"
+    "{{- '<turn|>\\n' -}}\n"
+    "{%- endfor -%}\n"
+    "{%- if add_generation_prompt -%}{{- '<|turn>model\\n' -}}{%- endif -%}\n"
+)
+
+
+def special_tokens(ids: Dict[str, int]) -> Dict[str, int]:
+    """text -> id of every special token for a vocab with multimodal ids ``ids``."""
+    out = dict(CONTROL_TOKENS)
+    for key, text in MM_TOKEN_TEXT.items():
+        out[text] = ids[key]
+    return out
+
+
+def build_vocab(vocab_size: int, ids: Dict[str, int]) -> Dict[str, int]:
+    """Dense word-level vocab: every id in [0, vocab_size) has one token."""
+    specials = special_tokens(ids)
+    bad = {t: i for t, i in specials.items() if not 0 <= i < vocab_size}
+    if bad:
+        raise ValueError(f"special token ids outside vocab_size {vocab_size}: {bad}")
+    if len(set(specials.values())) != len(specials):
+        raise ValueError("two special tokens share an id")
+    by_id = {i: t for t, i in specials.items()}
+    words = iter(_WORDS)
+    vocab: Dict[str, int] = {}
+    for i in range(vocab_size):
+        tok = by_id.get(i)
+        if tok is None:
+            tok = next(words, None) or f"w{i}"
+        vocab[tok] = i
+    return vocab
+
+
+def build_tokenizer_json(vocab_size: int, ids: Dict[str, int]) -> str:
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, processors
+
+    vocab = build_vocab(vocab_size, ids)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", BOS_ID)]
+    )
+    tok.add_special_tokens(
+        [AddedToken(t, special=True, normalized=False) for t in special_tokens(ids)]
+    )
+    if tok.get_vocab_size() != vocab_size:
+        raise RuntimeError(f"tokenizer has {tok.get_vocab_size()} ids, expected {vocab_size}")
+    return tok.to_str(pretty=False)
+
+
+def tokenizer_config(ids: Dict[str, int]) -> Dict[str, Any]:
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "processor_class": "Gemma4Processor",
+        "bos_token": "<bos>",
+        "eos_token": "<eos>",
+        "pad_token": "<pad>",
+        "unk_token": "<unk>",
+        "mask_token": "<mask>",
+        "image_token": MM_TOKEN_TEXT["image"],
+        "boi_token": MM_TOKEN_TEXT["boi"],
+        "eoi_token": MM_TOKEN_TEXT["eoi"],
+        "audio_token": MM_TOKEN_TEXT["audio"],
+        "boa_token": MM_TOKEN_TEXT["boa"],
+        "eoa_token": MM_TOKEN_TEXT["eoa"],
+        "extra_special_tokens": [MM_TOKEN_TEXT["video"]],
+        "padding_side": "left",
+        "model_max_length": 1_000_000,
+        "clean_up_tokenization_spaces": False,
+    }
+
+
+def processor_config(vision: Dict[str, Any]) -> Dict[str, Any]:
+    """Gemma4Processor settings: image, video and audio front ends."""
+    patch, pool = int(vision["patch_size"]), int(vision["pooling_kernel_size"])
+    common = {
+        "do_convert_rgb": True,
+        "do_rescale": True,
+        "do_resize": True,
+        "rescale_factor": 1.0 / 255.0,
+        "resample": 3,
+        "image_mean": [0.0, 0.0, 0.0],
+        "image_std": [1.0, 1.0, 1.0],
+        "patch_size": patch,
+        "pooling_kernel_size": pool,
+    }
+    return {
+        "processor_class": "Gemma4Processor",
+        "image_seq_length": 280,
+        "audio_seq_length": 750,
+        "audio_ms_per_token": 40,
+        "image_processor": dict(
+            common, image_processor_type="Gemma4ImageProcessor", do_normalize=False, max_soft_tokens=280
+        ),
+        "video_processor": dict(
+            common, video_processor_type="Gemma4VideoProcessor", do_normalize=True, max_soft_tokens=70,
+            num_frames=32, do_sample_frames=True, return_metadata=False,
+        ),
+        "feature_extractor": {
+            "feature_extractor_type": "Gemma4AudioFeatureExtractor",
+            "feature_size": 128,
+            "sampling_rate": 16000,
+            "frame_length": 320,
+            "hop_length": 160,
+            "fft_length": 512,
+            "min_frequency": 0.0,
+            "max_frequency": 8000.0,
+            "mel_floor": 0.001,
+            "padding_side": "right",
+            "padding_value": 0.0,
+            "return_attention_mask": True,
+        },
+    }
+
+
+def generation_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    return {
+        "bos_token_id": BOS_ID,
+        "pad_token_id": PAD_ID,
+        "eos_token_id": [EOS_ID, END_OF_TURN_ID],
+        "do_sample": True,
+        "temperature": 1.0,
+        "top_k": 64,
+        "top_p": 0.95,
+        "transformers_version": cfg.get("transformers_version", "5.19.0"),
+    }
+
+
+def write_model_dir(name: str, out_dir: str, *, force: bool = False) -> str:
+    """Write a loadable weights-free model directory for ``name`` into ``out_dir``.
+
+    ``name``: e2b, e4b, 26b-a4b, 31b, <variant>-assistant or tiny.
+    """
+    cfg = config_for(name)
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not force:
+        existing = os.path.join(out_dir, "config.json")
+        if not os.path.isfile(existing):
+            raise ValueError(f"{out_dir} exists, is not empty and holds no config.json; refusing to write there")
+    os.makedirs(out_dir, exist_ok=True)
+    ids = TINY_IDS if name == "tiny" else REAL_IDS
+    vocab_size = int(cfg["text_config"]["vocab_size"])
+    files = {
+        "config.json": _dump(cfg),
+        "generation_config.json": _dump(generation_config(cfg)),
+        "tokenizer.json": build_tokenizer_json(vocab_size, ids),
+        "tokenizer_config.json": _dump(tokenizer_config(ids)),
+        "chat_template.jinja": CHAT_TEMPLATE,
+        "special_tokens_map.json": _dump(
+            {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"}
+        ),
+    }
+    if "vision_config" in cfg:
+        files["processor_config.json"] = _dump(processor_config(cfg["vision_config"]))
+    files["README.md"] = (
+        f"Weights-free Gemma-4 model directory `{name}` written by benchmark/gemma4/make_model_dir.py.\n"
+        f"Geometry: {HUB_IDS.get(name.replace('-assistant', ''), 'tiny test model')}"
+        f"{' (MTP assistant)' if name.endswith('-assistant') else ''}; see benchmark/gemma4/configs/SOURCES.md.\n"
+        "No weights: start SGLang with `--load-format dummy`. The tokenizer is a local word-level stand-in\n"
+        "with the Gemma-4 special tokens at their real ids; text is not the real Gemma-4 tokenization.\n"
+    )
+    for fname, text in files.items():
+        tmp = os.path.join(out_dir, fname + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, os.path.join(out_dir, fname))
+    return out_dir
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("configs", help="write benchmark/gemma4/configs/<name>/config.json")
     c.add_argument("--root", default=CONFIGS_DIR)
+    d = sub.add_parser("dir", help="write one loadable model directory")
+    d.add_argument("name", help="e2b | e4b | 26b-a4b | 31b | <variant>-assistant | tiny")
+    d.add_argument("out_dir")
+    d.add_argument("--force", action="store_true", help="write into a non-empty directory")
+    a = sub.add_parser("all", help="write every variant (and tiny) under OUT_ROOT/<name>")
+    a.add_argument("out_root")
     ns = ap.parse_args(argv)
-    if ns.cmd == "configs":
-        for p in write_configs(ns.root):
-            print(p)
+    try:
+        if ns.cmd == "configs":
+            for p in write_configs(ns.root):
+                print(p)
+        elif ns.cmd == "dir":
+            print(write_model_dir(ns.name, ns.out_dir, force=ns.force))
+        else:
+            for name in all_names() + ["tiny"]:
+                print(write_model_dir(name, os.path.join(ns.out_root, name)))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
