@@ -1,0 +1,285 @@
+"""Opt-in page-table bounds probe (SGLANG_ENABLE_ASYNC_ASSERT).
+
+The probe function is tested directly on small tables (dense: trtllm_mha and
+fa; ragged: triton), then through a real trtllm_mha backend built on CPU
+(forward_decode up to the kernel call, the kernel replaced by a recorder), and
+through the hooks of fa4 and triton with their real pools and layers. On CPU
+the device record is host memory, so a violation is reported at the probe
+call itself; on CUDA it is reported at the next poll (see the GPU twin).
+"""
+
+import types
+
+import pytest
+import torch
+
+from test_attention_swa_pool_resolver import engine_env  # noqa: F401  (fixture)
+
+from sglang.srt.utils.page_table_probe import (
+    PageTableBoundsError,
+    PageTableProbe,
+    maybe_create_page_table_probe,
+)
+
+FULL_MSG = (
+    "page-table bounds probe: backend=trtllm_mha layer_kind=full layer=5 "
+    "request_row=1 entry=2 bad_index=17 not in [0, 17) "
+    "(seq_len=150, page_size=64, offending_rows=1)\n"
+    "  row 1 (seq_len=150): [1, 2, 17]"
+)
+SWA_MSG = (
+    "page-table bounds probe: backend=trtllm_mha layer_kind=swa layer=0 "
+    "request_row=2 entry=0 bad_index=9 not in [0, 9) "
+    "(seq_len=64, page_size=64, offending_rows=1)\n"
+    "  row 2 (seq_len=64): [9]"
+)
+GARBAGE = 10**6
+
+
+def _tables(device="cpu"):
+    """4 requests (seq 10, 150, 64, 0), page 64; entries past each request's
+    pages hold garbage, as torch.empty-allocated tables do."""
+    seq = torch.tensor([10, 150, 64, 0], dtype=torch.int32, device=device)
+    full = torch.full((4, 8), GARBAGE, dtype=torch.int32, device=device)
+    full[0, :1] = 4
+    full[1, :3] = torch.tensor([1, 2, 3])
+    full[2, :1] = 16
+    swa = torch.full((4, 8), GARBAGE, dtype=torch.int32, device=device)
+    swa[0, :1] = 1
+    swa[1, :3] = torch.tensor([0, 2, 8])
+    swa[2, :1] = 5
+    return seq, full, swa
+
+
+# -- the probe function ----------------------------------------------------------
+
+
+def test_silent_on_garbage_past_sequence_length():
+    probe = PageTableProbe("trtllm_mha", "cpu", 8)
+    seq, full, swa = _tables()
+    before_full, before_swa = full.clone(), swa.clone()
+    probe.check_paged("full", 5, full, seq, 64, 17)
+    probe.check_paged("swa", 0, swa, seq, 64, 9)
+    probe.poll()
+    assert torch.equal(full, before_full) and torch.equal(swa, before_swa)
+
+
+def test_fires_on_full_table_with_exact_message_and_dump():
+    probe = PageTableProbe("trtllm_mha", "cpu", 8)
+    seq, full, _ = _tables()
+    full[1, 2] = 17  # == number of pages of the full cache
+    with pytest.raises(PageTableBoundsError) as err:
+        probe.check_paged("full", 5, full, seq, 64, 17)
+    assert str(err.value) == FULL_MSG
+    dump = err.value.dump
+    assert (dump["backend"], dump["kind"], dump["row"], dump["value"]) == (
+        "trtllm_mha",
+        "full",
+        1,
+        17,
+    )
+    assert dump["rows"] == [{"row": 1, "seq_len": 150, "entries": [1, 2, 17]}]
+    # The kernel that follows reads page 0 instead of faulting.
+    assert full[1, :3].tolist() == [1, 2, 0]
+
+
+def test_fires_on_swa_table_with_exact_message():
+    probe = PageTableProbe("trtllm_mha", "cpu", 8)
+    seq, full, swa = _tables()
+    swa[2, 0] = 9  # == number of pages of the SWA cache
+    probe.check_paged("full", 5, full, seq, 64, 17)
+    with pytest.raises(PageTableBoundsError) as err:
+        probe.check_paged("swa", 0, swa, seq, 64, 9)
+    assert str(err.value) == SWA_MSG
+
+
+def test_negative_index_and_several_rows_are_reported():
+    probe = PageTableProbe("fa4", "cpu", 8)
+    seq, full, _ = _tables()
+    full[0, 0] = -1
+    full[2, 0] = 40
+    with pytest.raises(PageTableBoundsError) as err:
+        probe.check_paged("full", 3, full, seq, 64, 17)
+    dump = err.value.dump
+    assert (dump["row"], dump["entry"], dump["value"], dump["bad_rows"]) == (0, 0, -1, 2)
+    assert [r["row"] for r in dump["rows"]] == [0, 2]
+    assert "bad_index=-1 not in [0, 17)" in str(err.value)
+
+
+def test_only_first_layer_of_each_kind_is_checked_and_report_is_one_shot():
+    probe = PageTableProbe("trtllm_mha", "cpu", 8)
+    seq, full, _ = _tables()
+    probe.check_paged("full", 5, full, seq, 64, 17)
+    bad = full.clone()
+    bad[1, 0] = 99
+    probe.check_paged("full", 11, bad, seq, 64, 17)  # later full layer: skipped
+    assert bad[1, 0].item() == 99
+    with pytest.raises(PageTableBoundsError):
+        probe.check_paged("full", 5, bad, seq, 64, 17)
+    probe.poll()  # reported once
+
+
+def test_ragged_rows_triton():
+    probe = PageTableProbe("triton", "cpu", 16)
+    # rows [0,3) [3,5) [5,8); entries 8.. are stale tail garbage
+    indices = torch.tensor([1, 2, 3, 4, 5, 6, 7, 8, GARBAGE, GARBAGE])
+    indptr = torch.tensor([0, 3, 5, 8], dtype=torch.int32)
+    probe.check_ragged("swa", 0, indices, indptr, 50)
+    indices[6] = 50
+    with pytest.raises(PageTableBoundsError) as err:
+        probe.check_ragged("swa", 0, indices, indptr, 50)
+    assert str(err.value) == (
+        "page-table bounds probe: backend=triton layer_kind=swa layer=0 "
+        "request_row=2 entry=1 bad_index=50 not in [0, 50) "
+        "(seq_len=3, page_size=1, offending_rows=1)\n"
+        "  row 2 (seq_len=3): [6, 50, 8]"
+    )
+    assert indices[6].item() == 0
+
+
+def test_bad_arguments_are_named():
+    probe = PageTableProbe("trtllm_mha", "cpu", 8)
+    seq, full, _ = _tables()
+    with pytest.raises(ValueError, match="unknown layer kind 'local'"):
+        probe.check_paged("local", 0, full, seq, 64, 17)
+    with pytest.raises(ValueError, match="page table must be 2-D"):
+        probe.check_paged("full", 0, full[0], seq, 64, 17)
+    with pytest.raises(ValueError, match="max_row_entries must be positive"):
+        PageTableProbe("x", "cpu", 0)
+
+
+def test_switch(monkeypatch):
+    monkeypatch.delenv("SGLANG_ENABLE_ASYNC_ASSERT", raising=False)
+    assert maybe_create_page_table_probe("triton", "cpu", 8) is None
+    monkeypatch.setenv("SGLANG_ENABLE_ASYNC_ASSERT", "1")
+    assert isinstance(maybe_create_page_table_probe("triton", "cpu", 8), PageTableProbe)
+
+
+@pytest.mark.gpu
+def test_cuda_probe_reports_without_sync_at_next_poll():
+    """GPU twin of the tests above: the check enqueues device work only; the
+    report comes from the pinned record at a later poll."""
+    probe = PageTableProbe("trtllm_mha", "cuda", 8)
+    seq, full, _ = _tables("cuda")
+    probe.check_paged("full", 5, full, seq, 64, 17)
+    probe.synchronize_and_poll()
+    full[1, 2] = 17
+    with pytest.raises(PageTableBoundsError) as err:
+        probe.check_paged("full", 5, full, seq, 64, 17)
+        probe.synchronize_and_poll()
+    assert str(err.value) == FULL_MSG
+    assert full[1, :3].tolist() == [1, 2, 0]
+
+
+# -- through the backends ----------------------------------------------------------
+
+
+def _layers():
+    from sglang.srt.layers.radix_attention import RadixAttention
+
+    swa = RadixAttention(4, 16, 1.0, 2, layer_id=0, sliding_window_size=512)
+    full = RadixAttention(4, 16, 1.0, 2, layer_id=5)
+    return swa, full
+
+
+def _target_backend(env, name, page_size, monkeypatch):
+    import test_attention_swa_pool_resolver as helpers
+
+    monkeypatch.setenv("SGLANG_ENABLE_ASYNC_ASSERT", "1")
+    target, allocator, _ = helpers._pools(page_size)
+    runner = helpers._runner(
+        env, target, allocator, page_size, draft=False, algorithm="NONE", backend=name
+    )
+    backend = helpers._build(env, name, runner)
+    assert backend._page_table_probe is not None
+    return backend, target
+
+
+def test_backends_have_no_probe_when_off(engine_env, monkeypatch):
+    import test_attention_swa_pool_resolver as helpers
+
+    monkeypatch.delenv("SGLANG_ENABLE_ASYNC_ASSERT", raising=False)
+    target, allocator, _ = helpers._pools(64)
+    for name in ("trtllm_mha", "fa4", "triton"):
+        runner = helpers._runner(
+            engine_env, target, allocator, 64, draft=False, algorithm="NONE", backend=name
+        )
+        assert helpers._build(engine_env, name, runner)._page_table_probe is None
+
+
+def test_trtllm_mha_forward_decode_probe(engine_env, monkeypatch):
+    backend, target = _target_backend(engine_env, "trtllm_mha", 64, monkeypatch)
+    swa_layer, full_layer = _layers()
+    seq, full, swa = _tables()
+    backend.forward_metadata = types.SimpleNamespace(
+        page_table=full, swa_page_table=swa, cache_seqlens_int32=seq
+    )
+    calls = []
+
+    def kernel(q, kv_cache, page_table, seq_lens, **kwargs):
+        calls.append(page_table)
+        return torch.zeros(q.shape[0], q.shape[1], q.shape[2])
+
+    backend._run_fixed_q_len_decode = kernel
+    fb = types.SimpleNamespace()
+    q = torch.zeros(4, 4 * 16, dtype=torch.bfloat16)
+    # Garbage past the sequence lengths: silent, kernel runs on both kinds.
+    backend.forward_decode(q, None, None, swa_layer, fb, save_kv_cache=False)
+    backend.forward_decode(q, None, None, full_layer, fb, save_kv_cache=False)
+    assert calls[0] is swa and calls[1] is full
+    # A planted out-of-range full-table entry fires before the kernel.
+    full[1, 2] = 17
+    with pytest.raises(PageTableBoundsError) as err:
+        backend.forward_decode(q, None, None, full_layer, fb, save_kv_cache=False)
+    assert str(err.value) == FULL_MSG
+    assert len(calls) == 2
+
+
+def test_trtllm_mha_swa_table_probe(engine_env, monkeypatch):
+    backend, _ = _target_backend(engine_env, "trtllm_mha", 64, monkeypatch)
+    swa_layer, _ = _layers()
+    seq, full, swa = _tables()
+    swa[2, 0] = 9
+    backend.forward_metadata = types.SimpleNamespace(
+        page_table=full, swa_page_table=swa, cache_seqlens_int32=seq
+    )
+    backend._run_fixed_q_len_decode = lambda *a, **k: pytest.fail("kernel ran")
+    q = torch.zeros(4, 4 * 16, dtype=torch.bfloat16)
+    with pytest.raises(PageTableBoundsError) as err:
+        backend.forward_decode(
+            q, None, None, swa_layer, types.SimpleNamespace(), save_kv_cache=False
+        )
+    assert str(err.value) == SWA_MSG
+
+
+def test_fa4_hook_with_real_pool(engine_env, monkeypatch):
+    backend, target = _target_backend(engine_env, "fa4", 64, monkeypatch)
+    swa_layer, full_layer = _layers()
+    probe = backend._page_table_probe
+    seq, full, swa = _tables()
+    probe.check_layer_paged(full_layer, full, seq, 64, backend.token_to_kv_pool)
+    full[1, 2] = 17
+    with pytest.raises(PageTableBoundsError) as err:
+        probe.check_layer_paged(full_layer, full, seq, 64, backend.token_to_kv_pool)
+    assert str(err.value) == FULL_MSG.replace("backend=trtllm_mha", "backend=fa4")
+
+
+def test_triton_forward_decode_probe(engine_env, monkeypatch):
+    backend, target = _target_backend(engine_env, "triton", 1, monkeypatch)
+    swa_layer, _ = _layers()
+    size_swa_rows = target.swa_kv_pool.k_buffer[0].shape[0]
+    indices = torch.tensor([1, 2, 3, 4, size_swa_rows, 6, GARBAGE])
+    indptr = torch.tensor([0, 3, 6], dtype=torch.int32)
+    backend.forward_metadata = types.SimpleNamespace(
+        window_kv_indptr=indptr, window_kv_indices=indices
+    )
+    q = torch.zeros(2, 4 * 16, dtype=torch.bfloat16)
+    with pytest.raises(PageTableBoundsError) as err:
+        backend.forward_decode(
+            q, None, None, swa_layer, types.SimpleNamespace(), save_kv_cache=False
+        )
+    assert str(err.value).startswith(
+        "page-table bounds probe: backend=triton layer_kind=swa layer=0 "
+        f"request_row=1 entry=1 bad_index={size_swa_rows} not in [0, {size_swa_rows}) "
+        "(seq_len=3, page_size=1, offending_rows=1)"
+    )
