@@ -430,17 +430,31 @@ class Series:
                 claimed[rel] = patch.name
         overlay = self.root / "python"
         if overlay.is_dir():
+            untracked = self._untracked()
             for f in sorted(overlay.rglob("*")):
                 if f.is_file() and "__pycache__" not in f.parts:
                     rel = f.relative_to(self.root).as_posix()
-                    if rel not in claimed:
-                        raise SeriesError(f"{rel} is claimed by no patch (list it under New-Files of one patch)")
+                    if rel in claimed:
+                        continue
+                    if rel in untracked:  # work in progress: not part of the series, not in any build
+                        print(f"warning: ignoring {rel}: untracked and claimed by no patch", file=sys.stderr)
+                        continue
+                    raise SeriesError(f"{rel} is claimed by no patch (list it under New-Files of one patch)")
         unlisted = sorted(
             p.name for p in (self.root / "patches").glob("*.patch") if p.name not in self.names
         )
         if unlisted:
             raise SeriesError(f"patches/{unlisted[0]} is not listed in patches/series")
         return out
+
+
+    def _untracked(self) -> set:
+        """Files under python/ that git does not track (empty when the root is not a git work tree)."""
+        proc = subprocess.run(
+            ["git", "ls-files", "--others", "--exclude-standard", "python"],
+            cwd=self.root, capture_output=True, text=True,
+        )
+        return set(proc.stdout.split()) if proc.returncode == 0 else set()
 
 
 def wheel_reader(zf: zipfile.ZipFile):

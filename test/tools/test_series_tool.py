@@ -355,3 +355,21 @@ def test_real_series_applies_to_pinned_upstream():
     proc = subprocess.run([sys.executable, str(TOOL), "check"], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert "patches apply cleanly" in proc.stdout
+
+
+def test_untracked_unclaimed_file_is_ignored_with_warning_but_tracked_one_fails(project):
+    root, wheel = project
+    git(root, "init", "-q", "-b", "main")
+    git(root, "-c", "user.name=u", "-c", "user.email=u@example.com", "add", "-A")
+    git(root, "-c", "user.name=u", "-c", "user.email=u@example.com", "commit", "-qm", "init")
+    (root / "python/sglang/srt/wip.py").write_text("x = 1\n")
+    proc = run(root, "check", wheel=wheel)
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: ignoring python/sglang/srt/wip.py: untracked and claimed by no patch" in proc.stderr
+    proc = run(root, "build", "--out", "dist", wheel=wheel)
+    with zipfile.ZipFile(proc.stdout.strip()) as zf:
+        assert "sglang/srt/wip.py" not in zf.namelist()
+    git(root, "add", "python/sglang/srt/wip.py")
+    proc = run(root, "check", wheel=wheel)
+    assert proc.returncode == 1
+    assert "python/sglang/srt/wip.py is claimed by no patch" in one_error_line(proc)
