@@ -750,12 +750,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     }
     os.makedirs(ns.out, exist_ok=True)
     with open(os.path.join(ns.out, f"{ns.name}.json"), "w") as f:
+        keep = (
+            "variant",
+            "gpu",
+            "workload",
+            "mtp",
+            "policy",
+            "budget_scale",
+            "ratio",
+            "kv_budget_gib",
+            "full_tokens",
+            "swa_tokens",
+            "requests",
+            "binding",
+        )
         json.dump(
             {
                 "meta": meta,
                 "rows": rows,
                 "pool_fix_attribution": attribution,
-                "budget_robustness": robustness,
+                "budget_robustness": [{k: r.get(k) for k in keep} for r in robustness],
             },
             f,
             indent=1,

@@ -480,6 +480,15 @@ def test_pure_policy_hand_computed():
         kv_budget_bytes=64 * GIB,
     )
     assert short.ratio == 1.0
+    # A budget below one request at any split leaves sglang's default alone.
+    tiny = balanced_swa_full_tokens_ratio(
+        geometry,
+        request_tokens=9000,
+        swa_tokens_per_req=w,
+        chunk_reserve_tokens=16385,
+        kv_budget_bytes=1 * GIB,
+    )
+    assert tiny.ratio is None and "less than one" in tiny.reason
     # No budget: the chunk reserve is shared by the fallback concurrency.
     nobudget = balanced_swa_full_tokens_ratio(
         geometry,

@@ -169,6 +169,8 @@ def balanced_swa_full_tokens_ratio(
     ``swa_tokens_per_req`` its SWA residency, ``chunk_reserve_tokens`` the SWA rows
     prefill chunks hold. With a budget the concurrency follows from it; without
     one the chunk reservation is shared by ``fallback_concurrency`` requests.
+    The ratio is None (keep sglang's default) when the budget cannot hold one
+    request at any split.
     """
     if request_tokens <= 0:
         raise ValueError(f"expected request length must be positive, got {request_tokens}")
@@ -181,9 +183,9 @@ def balanced_swa_full_tokens_ratio(
         concurrency = usable / per_req_bytes
         if concurrency < 1:
             return RatioChoice(
-                1.0,
+                None,
                 f"the KV budget ({kv_budget_bytes / (1 << 30):.2f} GiB) holds less than one "
-                f"{request_tokens}-token request at any split; no SWA pool trimming",
+                f"{request_tokens}-token request at any split; keeping sglang's default",
                 concurrency,
             )
         basis = f"KV budget {kv_budget_bytes / (1 << 30):.2f} GiB -> {concurrency:.0f} requests"
