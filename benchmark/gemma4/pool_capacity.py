@@ -226,6 +226,7 @@ def plan_cell(
 
     from sglang.srt import runtime_context as rc
     from sglang.srt.arg_groups.model_override_base import model_config_of, resolved_view
+    from sglang.srt.arg_groups.overrides import resolution_result
     from sglang.srt.mem_cache import gemma4_pool_sizing as sizing
     from sglang.srt.mem_cache.kv_cache_configurator import KVCacheConfigurator
     from sglang.srt.model_executor.model_runner_components.layer_setup import (
@@ -302,7 +303,7 @@ def plan_cell(
             "workload": workload,
             "mtp": mtp,
             "policy": policy,
-            "ratio": float(view.swa_full_tokens_ratio),
+            "ratio": float(resolution_result(server_args, "swa_full_tokens_ratio")),
             "mem_fraction_static": float(view.mem_fraction_static),
             "chunked_prefill_size": int(view.chunked_prefill_size),
             "page_size": int(view.page_size),
