@@ -8,6 +8,9 @@ the device record is host memory, so a violation is reported at the probe
 call itself; on CUDA it is reported at the next poll (see the GPU twin).
 """
 
+import os
+import subprocess
+import sys
 import types
 
 import pytest
@@ -25,13 +28,13 @@ FULL_MSG = (
     "page-table bounds probe: backend=trtllm_mha layer_kind=full layer=5 "
     "request_row=1 entry=2 bad_index=17 not in [0, 17) "
     "(seq_len=150, page_size=64, offending_rows=1)\n"
-    "  row 1 (seq_len=150): [1, 2, 17]"
+    "  row 1 (seq_len=150) entries[0:3]: [1, 2, 17]"
 )
 SWA_MSG = (
     "page-table bounds probe: backend=trtllm_mha layer_kind=swa layer=0 "
     "request_row=2 entry=0 bad_index=9 not in [0, 9) "
     "(seq_len=64, page_size=64, offending_rows=1)\n"
-    "  row 2 (seq_len=64): [9]"
+    "  row 2 (seq_len=64) entries[0:1]: [9]"
 )
 GARBAGE = 10**6
 
@@ -78,7 +81,9 @@ def test_fires_on_full_table_with_exact_message_and_dump():
         1,
         17,
     )
-    assert dump["rows"] == [{"row": 1, "seq_len": 150, "entries": [1, 2, 17]}]
+    assert dump["rows"] == [
+        {"row": 1, "seq_len": 150, "first_entry": 0, "entries": [1, 2, 17]}
+    ]
     # The kernel that follows reads page 0 instead of faulting.
     assert full[1, :3].tolist() == [1, 2, 0]
 
@@ -132,9 +137,56 @@ def test_ragged_rows_triton():
         "page-table bounds probe: backend=triton layer_kind=swa layer=0 "
         "request_row=2 entry=1 bad_index=50 not in [0, 50) "
         "(seq_len=3, page_size=1, offending_rows=1)\n"
-        "  row 2 (seq_len=3): [6, 50, 8]"
+        "  row 2 (seq_len=3) entries[0:3]: [6, 50, 8]"
     )
     assert indices[6].item() == 0
+
+
+def test_dump_window_follows_the_first_bad_entry():
+    probe = PageTableProbe("fa4", "cpu", 512)
+    seq = torch.tensor([200], dtype=torch.int32)
+    table = torch.arange(1, 257, dtype=torch.int32).view(1, 256)
+    table[0, 150] = 1000
+    with pytest.raises(PageTableBoundsError) as err:
+        probe.check_paged("full", 0, table, seq, 1, 500)
+    (row,) = err.value.dump["rows"]
+    assert row["first_entry"] == 150 - 16
+    assert row["entries"] == list(range(135, 151)) + [1000] + list(range(152, 199))
+    assert "entries[134:198]" in str(err.value)
+
+
+_INTERPRETER_CHECK = """
+import torch
+from sglang.srt.utils import page_table_probe as m
+assert m._triton_scan is not None
+g = torch.Generator().manual_seed(0)
+for rows, n, limit in ((4, 400, 50), (7, 3000, 900), (1, 5, 1)):
+    flat = torch.randint(-2, limit + 8, (n,), generator=g, dtype=torch.int32)
+    lens = torch.randint(0, n // rows + 1, (rows,), generator=g)
+    starts = torch.cumsum(lens, 0) - lens
+    ref = m._scan_rows_torch(flat.clone(), starts, lens, limit, False)
+    got = m._scan_rows(flat.clone(), starts, lens, limit, False, use_triton=True)
+    for a, b in zip(ref, got):
+        assert a.tolist() == b.tolist(), (a, b)
+    x, y = flat.clone(), flat.clone()
+    m._scan_rows_torch(x, starts, lens, limit, True)
+    m._scan_rows(y, starts, lens, limit, True, use_triton=True)
+    assert torch.equal(x, y)
+print("ok")
+"""
+
+
+def test_triton_scan_kernel_matches_torch_path_in_interpreter():
+    """CPU twin of the CUDA path: the Triton scan kernel under TRITON_INTERPRET."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run(
+        [sys.executable, "-c", _INTERPRETER_CHECK],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 
 
 def test_bad_arguments_are_named():

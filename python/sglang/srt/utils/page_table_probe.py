@@ -14,12 +14,15 @@ array (triton), must lie in ``[0, cache_size)``. Entries past a request's
 length are not read by the kernel and may hold garbage (dense tables are
 allocated with ``torch.empty``); they are ignored.
 
-How it stays sync-free: the check is a handful of device ops. On a violation
-they (1) record the first offending entry (row, entry, value, seq_len) and a
-copy of up to ``DUMP_ROWS`` offending rows in a sticky per-site device record,
-(2) redirect the offending entries to page 0 (the pools' reserved padding page)
-so the kernel that follows cannot fault, and (3) copy the small record to
-pinned host memory without waiting. The host reads that pinned copy (a plain
+How it stays sync-free: the check is device work only. On CUDA one Triton
+launch per table scans only the live entries of each row (not the whole static
+table width) and returns, per row, the first out-of-range entry, its value and
+a count; a few small torch ops over those per-row results then (1) record the
+first offending entry (row, entry, value, seq_len) and a window of up to
+``DUMP_ROWS`` offending rows in a sticky per-kind device record, (2) redirect
+the offending entries to page 0 (the pools' reserved padding page) with a
+second launch, so the kernel that follows cannot fault, and (3) copy the small
+record to pinned host memory without waiting. The host reads that pinned copy (a plain
 memory read, no synchronisation) at every later probe call and at every
 ``poll()``; the backends call ``poll()`` when they build the metadata of the
 next forward, eager or CUDA-graph replay. When it sees a tripped record it
@@ -46,8 +49,10 @@ import torch
 
 from sglang.srt.environ import envs
 
-# Offending rows copied into the dump (the first ones, by row index).
+# Offending rows copied into the dump (the first ones, by row index), and the
+# entries kept per row: a window that starts a quarter before its first bad one.
 DUMP_ROWS = 4
+DUMP_WINDOW = 64
 # Record layout (int64): tripped, row, entry, value, seq_len, bad_rows.
 _TRIPPED, _ROW, _ENTRY, _VALUE, _SEQ, _BAD_ROWS = range(6)
 _RECORD_LEN = 6
@@ -59,9 +64,10 @@ class PageTableBoundsError(RuntimeError):
     """A page index an attention kernel was about to read is out of range.
 
     ``dump`` holds the details: backend, kind, layer, row, entry, value,
-    cache_size, seq_len, page_size, bad_rows and ``rows`` (a list of
-    ``{"row", "seq_len", "entries"}`` for up to ``DUMP_ROWS`` offending rows,
-    each truncated to the entries the request reads).
+    cache_size, seq_len, page_size, bad_rows and ``rows``: for up to
+    ``DUMP_ROWS`` offending rows, ``{"row", "seq_len", "first_entry",
+    "entries"}`` with up to ``DUMP_WINDOW`` of the entries the request reads,
+    starting a quarter window before its first bad entry.
     """
 
     def __init__(self, message: str, dump: Dict[str, Any]):
@@ -96,6 +102,7 @@ class _Site:
     host: torch.Tensor
     dump_rows: torch.Tensor
     dump_seq: torch.Tensor
+    dump_lo: torch.Tensor
     dump_entries: torch.Tensor
     layer_id: Optional[int] = None
     info: Dict[str, Any] = field(default_factory=dict)
@@ -115,6 +122,7 @@ class PageTableProbe:
         self.backend = backend
         self.device = torch.device(device)
         self.max_row_entries = int(max_row_entries)
+        self.dump_width = min(DUMP_WINDOW, self.max_row_entries)
         self._lock = threading.Lock()
         self._raised = False
         pin = self.device.type == "cuda"
@@ -128,8 +136,9 @@ class PageTableProbe:
                     (DUMP_ROWS,), -1, dtype=torch.int64, device=self.device
                 ),
                 dump_seq=torch.zeros(DUMP_ROWS, dtype=torch.int64, device=self.device),
+                dump_lo=torch.zeros(DUMP_ROWS, dtype=torch.int64, device=self.device),
                 dump_entries=torch.full(
-                    (DUMP_ROWS, self.max_row_entries),
+                    (DUMP_ROWS, self.dump_width),
                     -1,
                     dtype=torch.int64,
                     device=self.device,
@@ -185,42 +194,14 @@ class PageTableProbe:
             return
         table = page_table[:rows]
         seq = seq_lens[:rows].to(torch.int64)
-        used = (seq + (page_size - 1)) // page_size
-        cols = torch.arange(width, device=table.device)
-        live = cols.unsqueeze(0) < used.unsqueeze(1)
-        bad = live & ((table < 0) | (table >= cache_size))
-        site = self._sites[kind]
-        site.info = {
+        lens = ((seq + (page_size - 1)) // page_size).clamp(0, width)
+        starts = torch.arange(rows, device=table.device) * table.stride(0)
+        self._sites[kind].info = {
             "cache_size": int(cache_size),
             "page_size": int(page_size),
             "layout": "paged",
         }
-
-        flat_bad = bad.reshape(-1)
-        first = flat_bad.to(torch.int32).argmax()
-        row = first // width
-        entry = first - row * width
-        value = table.reshape(-1).index_select(0, first.view(1)).to(torch.int64)[0]
-        row_bad = bad.any(dim=1)
-        order = self._bad_rows_first(row_bad)
-        dump_vals = table.index_select(0, order).to(torch.int64)
-        dump_cols = torch.arange(width, device=table.device).unsqueeze(0)
-        dump_live = dump_cols < used.index_select(0, order).unsqueeze(1)
-        dump_vals = torch.where(dump_live, dump_vals, torch.full_like(dump_vals, -1))
-        self._commit(
-            site,
-            flat_bad.any(),
-            row,
-            entry,
-            value,
-            seq.index_select(0, row.view(1))[0],
-            row_bad.sum(),
-            order,
-            seq.index_select(0, order),
-            dump_vals,
-        )
-        table.masked_fill_(bad, 0)
-        self.poll()
+        self._check_rows(kind, table, starts, lens, seq, int(cache_size))
 
     def check_ragged(
         self,
@@ -243,53 +224,66 @@ class PageTableProbe:
                 f"and an indptr of at least 2 entries, got {tuple(indices.shape)} "
                 f"and {tuple(indptr.shape)}"
             )
-        n = indices.numel()
-        if n == 0:
+        if indices.numel() == 0:
             return
-        nrows = indptr.numel() - 1
         ptr = indptr.to(torch.int64)
-        pos = torch.arange(n, device=indices.device)
-        live = (pos >= ptr[0]) & (pos < ptr[nrows])
-        bad = live & ((indices < 0) | (indices >= cache_size))
-        site = self._sites[kind]
-        site.info = {"cache_size": int(cache_size), "page_size": 1, "layout": "ragged"}
+        starts = ptr[:-1]
+        lens = (ptr[1:] - starts).clamp_min(0)
+        self._sites[kind].info = {
+            "cache_size": int(cache_size),
+            "page_size": 1,
+            "layout": "ragged",
+        }
+        self._check_rows(kind, indices, starts, lens, lens, int(cache_size))
 
-        first = bad.to(torch.int32).argmax()
-        row = (torch.searchsorted(ptr, first.view(1), right=True) - 1).clamp(
-            0, nrows - 1
-        )[0]
-        start = ptr.index_select(0, row.view(1))[0]
-        entry = first - start
-        value = indices.index_select(0, first.view(1)).to(torch.int64)[0]
-        lens = ptr[1:] - ptr[:-1]
-        row_of = (torch.searchsorted(ptr, pos, right=True) - 1).clamp(0, nrows - 1)
-        row_bad = torch.zeros(nrows, dtype=torch.int32, device=indices.device)
-        row_bad.scatter_add_(0, row_of, bad.to(torch.int32))
-        row_bad = row_bad > 0
-        order = self._bad_rows_first(row_bad)
-        width = self.max_row_entries
-        offs = torch.arange(width, device=indices.device).unsqueeze(0)
-        gather_at = ptr.index_select(0, order).unsqueeze(1) + offs
-        dump_live = offs < lens.index_select(0, order).unsqueeze(1)
-        dump_vals = indices.index_select(
-            0, gather_at.clamp(0, n - 1).reshape(-1)
-        ).view(order.numel(), width)
-        dump_vals = torch.where(
-            dump_live, dump_vals.to(torch.int64), torch.full_like(gather_at, -1)
+    def _check_rows(
+        self,
+        kind: str,
+        values: torch.Tensor,
+        starts: torch.Tensor,
+        lens: torch.Tensor,
+        seq: torch.Tensor,
+        cache_size: int,
+    ) -> None:
+        """Row i reads values.flatten()[starts[i] : starts[i] + lens[i]]."""
+        site = self._sites[kind]
+        flat = values.view(-1) if values.is_contiguous() else None
+        if flat is None:
+            # A non-contiguous table view (never built by the backends).
+            raise ValueError(
+                f"page-table probe ({self.backend}): page table must be contiguous"
+            )
+        first_col, count, first_val = _scan_rows(
+            flat, starts, lens, cache_size, sanitize=False
         )
+        row_bad = count > 0
+        row = row_bad.to(torch.int32).argmax()
+        order = self._bad_rows_first(row_bad)
+        # Dump a window of each offending row before it is neutralised.
+        lo = (first_col.index_select(0, order) - self.dump_width // 4).clamp_min(0)
+        col = lo.unsqueeze(1) + torch.arange(self.dump_width, device=flat.device)
+        dump_live = col < lens.index_select(0, order).unsqueeze(1)
+        at = (starts.index_select(0, order).unsqueeze(1) + col).clamp(
+            0, flat.numel() - 1
+        )
+        dump_vals = flat.index_select(0, at.reshape(-1)).view(at.shape).to(torch.int64)
+        dump_vals = torch.where(dump_live, dump_vals, torch.full_like(dump_vals, -1))
+        one = row.view(1)
         self._commit(
             site,
-            bad.any(),
+            row_bad.any(),
             row,
-            entry,
-            value,
-            lens.index_select(0, row.view(1))[0],
+            first_col.index_select(0, one)[0],
+            first_val.index_select(0, one)[0],
+            seq.index_select(0, one)[0],
             row_bad.sum(),
             order,
-            lens.index_select(0, order),
+            seq.index_select(0, order),
+            lo,
             dump_vals,
         )
-        indices.masked_fill_(bad, 0)
+        # The kernel that follows reads page 0 instead of faulting.
+        _scan_rows(flat, starts, lens, cache_size, sanitize=True)
         self.poll()
 
     def check_layer_paged(
@@ -343,6 +337,7 @@ class PageTableProbe:
         bad_rows: torch.Tensor,
         order: torch.Tensor,
         order_seq: torch.Tensor,
+        order_lo: torch.Tensor,
         dump_vals: torch.Tensor,
     ) -> None:
         # Keep only the first violation per site (sticky record).
@@ -359,7 +354,7 @@ class PageTableProbe:
         )
         site.record.copy_(torch.where(fire, new, site.record))
         k = order.numel()
-        w = min(dump_vals.shape[1], self.max_row_entries)
+        w = min(dump_vals.shape[1], self.dump_width)
         rows_new = torch.full_like(site.dump_rows, -1)
         rows_new[:k] = order
         seq_new = torch.zeros_like(site.dump_seq)
@@ -368,6 +363,9 @@ class PageTableProbe:
         vals_new[:k, :w] = dump_vals[:, :w]
         site.dump_rows.copy_(torch.where(fire, rows_new, site.dump_rows))
         site.dump_seq.copy_(torch.where(fire, seq_new, site.dump_seq))
+        lo_new = torch.zeros_like(site.dump_lo)
+        lo_new[:k] = order_lo
+        site.dump_lo.copy_(torch.where(fire, lo_new, site.dump_lo))
         site.dump_entries.copy_(torch.where(fire, vals_new, site.dump_entries))
         site.host.copy_(site.record, non_blocking=site.host.is_pinned())
 
@@ -399,6 +397,7 @@ class PageTableProbe:
         rec = site.record.cpu().tolist()
         rows = site.dump_rows.cpu().tolist()
         seqs = site.dump_seq.cpu().tolist()
+        los = site.dump_lo.cpu().tolist()
         entries = site.dump_entries.cpu()
         info = dict(site.info)
         page_size = info.get("page_size", 1)
@@ -407,9 +406,14 @@ class PageTableProbe:
             if r < 0 or i >= rec[_BAD_ROWS]:
                 continue
             n = seqs[i] if info.get("layout") == "ragged" else -(-seqs[i] // page_size)
-            n = min(n, self.max_row_entries)
+            n = max(0, min(n - los[i], self.dump_width))
             dumped.append(
-                {"row": r, "seq_len": seqs[i], "entries": entries[i, :n].tolist()}
+                {
+                    "row": r,
+                    "seq_len": seqs[i],
+                    "first_entry": los[i],
+                    "entries": entries[i, :n].tolist(),
+                }
             )
         dump = {
             "backend": self.backend,
@@ -425,6 +429,104 @@ class PageTableProbe:
             "rows": dumped,
         }
         raise PageTableBoundsError(format_message(dump), dump)
+
+
+def _scan_rows_torch(flat, starts, lens, cache_size, sanitize):
+    """CPU path of _scan_rows: gathers a [rows, longest row] window."""
+    rows = starts.numel()
+    width = int(lens.max().item()) if rows else 0
+    if width == 0:
+        zeros = torch.zeros(rows, dtype=torch.int64, device=flat.device)
+        return zeros, zeros.clone(), zeros.clone()
+    offs = torch.arange(width, device=flat.device).unsqueeze(0)
+    live = offs < lens.unsqueeze(1)
+    at = (starts.unsqueeze(1) + offs).clamp(0, flat.numel() - 1)
+    vals = flat[at]
+    bad = live & ((vals < 0) | (vals >= cache_size))
+    if sanitize:
+        flat[at[bad]] = 0
+        return None
+    first_col = torch.where(bad, offs.expand_as(bad), lens.unsqueeze(1)).amin(1)
+    count = bad.sum(1)
+    first_val = vals.gather(1, first_col.clamp(max=width - 1).unsqueeze(1))[:, 0]
+    first_val = torch.where(count > 0, first_val.to(torch.int64), 0)
+    return first_col, count, first_val
+
+
+def _scan_rows(flat, starts, lens, cache_size, sanitize, use_triton=None):
+    """Per row: (index of the first out-of-range entry among the first lens[i]
+    entries at starts[i], number of such entries, its value); with sanitize,
+    set those entries to 0 instead. On CUDA one Triton launch that reads only
+    the live entries, with no host synchronisation; elsewhere a torch path
+    (which reads the longest row length on the host)."""
+    if use_triton is None:
+        use_triton = flat.is_cuda
+    if use_triton and _triton_scan is not None:
+        rows = starts.numel()
+        if rows == 0:
+            return None if sanitize else (lens, lens, lens)
+        out = torch.empty((3, rows), dtype=torch.int64, device=flat.device)
+        _triton_scan[(rows,)](
+            flat,
+            starts,
+            lens,
+            out,
+            rows,
+            cache_size,
+            SANITIZE=sanitize,
+            BLOCK=1024,
+            num_warps=4,
+        )
+        return None if sanitize else (out[0], out[1], out[2])
+    return _scan_rows_torch(flat, starts, lens, cache_size, sanitize)
+
+
+def _make_triton_scan():
+    try:
+        import triton
+        import triton.language as tl
+    except ImportError:  # pragma: no cover - triton ships with torch on CUDA
+        return None
+
+    @triton.jit
+    def _page_table_scan_kernel(
+        flat_ptr,
+        starts_ptr,
+        lens_ptr,
+        out_ptr,
+        rows,
+        cache_size,
+        SANITIZE: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
+        row = tl.program_id(0)
+        start = tl.load(starts_ptr + row).to(tl.int64)
+        n = tl.load(lens_ptr + row).to(tl.int64)
+        first = n
+        count = tl.zeros((), dtype=tl.int64)
+        first_val = tl.zeros((), dtype=tl.int64)
+        for off in range(0, n, BLOCK):
+            cols = off + tl.arange(0, BLOCK).to(tl.int64)
+            live = cols < n
+            v = tl.load(flat_ptr + start + cols, mask=live, other=0)
+            bad = live & ((v < 0) | (v >= cache_size))
+            if SANITIZE:
+                tl.store(flat_ptr + start + cols, tl.zeros_like(v), mask=bad)
+            else:
+                col = tl.min(tl.where(bad, cols, n), axis=0)
+                val = tl.sum(tl.where(bad & (cols == col), v.to(tl.int64), 0), axis=0)
+                first_val = tl.where(col < first, val, first_val)
+                first = tl.minimum(first, col)
+                count += tl.sum(bad.to(tl.int64), axis=0)
+        if not SANITIZE:
+            tl.store(out_ptr + row, first)
+            tl.store(out_ptr + rows + row, count)
+            tl.store(out_ptr + 2 * rows + row, first_val)
+
+    return _page_table_scan_kernel
+
+
+_triton_scan = _make_triton_scan()
 
 
 def cache_entries(buffer: torch.Tensor, page_size: int, unit: str) -> int:
@@ -451,7 +553,9 @@ def format_message(dump: Dict[str, Any]) -> str:
     )
     lines: List[str] = [head]
     for r in dump["rows"]:
-        entries = r["entries"]
-        shown = entries if len(entries) <= 64 else entries[:32] + ["..."] + entries[-32:]
-        lines.append(f"  row {r['row']} (seq_len={r['seq_len']}): {shown}")
+        lo = r["first_entry"]
+        lines.append(
+            f"  row {r['row']} (seq_len={r['seq_len']}) "
+            f"entries[{lo}:{lo + len(r['entries'])}]: {r['entries']}"
+        )
     return "\n".join(lines)

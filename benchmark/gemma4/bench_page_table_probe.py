@@ -1,0 +1,327 @@
+"""Cost of the opt-in page-table bounds probe (patch 0031) on a Gemma-4 decode batch.
+
+Workload: a decode batch of 64 requests on a Gemma-4 26B-A4B geometry (30
+layers: 25 sliding-window layers, 8 KV heads x 256, window 1024; 5 full layers,
+2 KV heads x 512; 16 query heads; context 262144). KV pools sized as the
+0.5.23 configurator sizes them for that model at a 40 GiB budget
+(full 232960 tokens, SWA 186368 tokens). Sequence lengths are drawn uniformly
+from [512, 6144] (seeded), which fills the full pool to about 90 %.
+
+Per forward the probe runs twice (first full layer, first SWA layer) on:
+  * trtllm_mha / fa tables: dense [64, ceil(262144 / page)] int32 tables, for
+    page 64 and page 1, with garbage past each request's pages;
+  * triton: ragged token-slot indices (full rows and 1024-token window rows).
+
+Timed, median of repeats, each variant captured in a CUDA graph (as the decode
+step runs in production) and also eager (Python included):
+  * the probe alone (both kinds) per forward;
+  * the reference: sglang's own Triton decode-attention kernel (the kernel
+    Gemma-4 uses on Hopper) over all 30 layers of one forward;
+  * reference + probe, and the ratio (reference + probe) / reference.
+The ratio is to the attention kernels alone, so it bounds the ratio to a full
+decode step from above. Probe off means no probe object: nothing is launched.
+
+Also checked on the device: a clean batch stays silent, garbage past the
+sequence lengths is ignored, a planted out-of-range index in the full and in
+the SWA table is reported with the exact message, and the offending entry is
+redirected to page 0.
+
+Usage: python benchmark/gemma4/bench_page_table_probe.py --out DIR
+  [--sglang-root DIR]  directory holding an importable ``sglang`` package
+  [--small]            tiny shapes (CPU smoke run with TRITON_INTERPRET=1)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.check_output(
+            ["git", "rev-parse", "--short", "HEAD"], text=True, stderr=subprocess.DEVNULL
+        ).strip()
+    except Exception:
+        return os.environ.get("BENCH_GIT_COMMIT", "unknown")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--sglang-root", default=None)
+    ap.add_argument("--small", action="store_true")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--replays", type=int, default=50)
+    args = ap.parse_args()
+    if args.sglang_root:
+        sys.path.insert(0, os.path.abspath(args.sglang_root))
+
+    import torch
+
+    from sglang.srt.utils.page_table_probe import PageTableBoundsError, PageTableProbe
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and not args.small:
+        raise SystemExit("no CUDA device: run with --small (and TRITON_INTERPRET=1)")
+
+    if args.small:
+        geo = dict(bs=4, q_heads=4, swa_kv=2, swa_dim=32, full_kv=1, full_dim=64,
+                   swa_layers=2, full_layers=1, window=16, context=256,
+                   full_tokens=2048, swa_tokens=1024, seq_lo=8, seq_hi=200)
+    else:
+        geo = dict(bs=64, q_heads=16, swa_kv=8, swa_dim=256, full_kv=2, full_dim=512,
+                   swa_layers=25, full_layers=5, window=1024, context=262144,
+                   full_tokens=232960, swa_tokens=186368, seq_lo=512, seq_hi=6144)
+    g = torch.Generator().manual_seed(1234)
+    bs = geo["bs"]
+    seq_cpu = torch.randint(geo["seq_lo"], geo["seq_hi"] + 1, (bs,), generator=g)
+    seq = seq_cpu.to(device=device, dtype=torch.int32)
+    garbage = 2**30
+
+    def dense_tables(page):
+        width = -(-geo["context"] // page)
+        full_pages = geo["full_tokens"] // page
+        swa_pages = geo["swa_tokens"] // page
+        full = torch.full((bs, width), garbage, dtype=torch.int32)
+        swa = torch.full((bs, width), garbage, dtype=torch.int32)
+        perm = torch.randperm(full_pages - 1, generator=g) + 1
+        pos = 0
+        for i, s in enumerate(seq_cpu.tolist()):
+            n = -(-s // page)
+            full[i, :n] = perm[pos:pos + n]
+            pos += n
+            swa[i, :n] = torch.randint(1, swa_pages, (n,), generator=g)
+        # +1: the padding page, as a pool buffer of size + page rows has.
+        return full.to(device), swa.to(device), full_pages + 1, swa_pages + 1
+
+    def ragged():
+        lens = seq_cpu.tolist()
+        wlens = [min(s, geo["window"]) for s in lens]
+        full = torch.randint(1, geo["full_tokens"], (sum(lens) + 4096,), generator=g)
+        swa = torch.randint(1, geo["swa_tokens"], (sum(wlens) + 4096,), generator=g)
+        full[sum(lens):] = garbage
+        swa[sum(wlens):] = garbage
+        ptr = torch.tensor([0] + lens).cumsum(0).to(torch.int32)
+        wptr = torch.tensor([0] + wlens).cumsum(0).to(torch.int32)
+        return (full.to(device), ptr.to(device), swa.to(device), wptr.to(device),
+                geo["full_tokens"] + 1, geo["swa_tokens"] + 1)
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    def time_eager(fn, iters):
+        fn()
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        sync()
+        return (time.perf_counter() - t0) / iters * 1e6
+
+    def time_graph(fn, replays):
+        if device != "cuda":
+            return float("nan")
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            fn()
+        torch.cuda.current_stream().wait_stream(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(replays):
+                fn()
+        graph.replay()
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) * 1e3 / replays
+
+    def median(fn, *a):
+        return statistics.median(fn(*a) for _ in range(args.repeats))
+
+    # -- the reference: sglang's Triton decode attention over all layers --------
+    attention = None
+    attn_error = None
+    try:
+        from sglang.kernels.ops.attention.decode_attention import decode_attention_fwd
+
+        full_idx, ptr, swa_idx, wptr, full_rows, swa_rows = ragged()
+        splits = 8
+        dt = torch.bfloat16
+        k_full = torch.randn(full_rows, geo["full_kv"], geo["full_dim"], dtype=dt, device=device)
+        v_full = torch.randn_like(k_full)
+        k_swa = torch.randn(swa_rows, geo["swa_kv"], geo["swa_dim"], dtype=dt, device=device)
+        v_swa = torch.randn_like(k_swa)
+        hq = geo["q_heads"]
+        q_full = torch.randn(bs, hq, geo["full_dim"], dtype=dt, device=device)
+        q_swa = torch.randn(bs, hq, geo["swa_dim"], dtype=dt, device=device)
+        o_full, o_swa = torch.empty_like(q_full), torch.empty_like(q_swa)
+        logits_full = torch.empty(bs, hq, splits, geo["full_dim"], dtype=torch.float32, device=device)
+        logits_swa = torch.empty(bs, hq, splits, geo["swa_dim"], dtype=torch.float32, device=device)
+        lse = torch.empty(bs, hq, splits, dtype=torch.float32, device=device)
+        nsplits = torch.full((bs,), splits, dtype=torch.int32, device=device)
+
+        def attention():
+            for layer in range(geo["swa_layers"] + geo["full_layers"]):
+                if layer % 6 == 5 and layer // 6 < geo["full_layers"]:
+                    decode_attention_fwd(q_full, k_full, v_full, o_full, ptr, full_idx,
+                                         logits_full, lse, nsplits, splits,
+                                         geo["full_dim"] ** -0.5, 1.0, 1.0)
+                else:
+                    decode_attention_fwd(q_swa, k_swa, v_swa, o_swa, wptr, swa_idx,
+                                         logits_swa, lse, nsplits, splits,
+                                         geo["swa_dim"] ** -0.5, 1.0, 1.0)
+    except Exception as exc:  # reported, not hidden
+        attention = None
+        attn_error = f"{type(exc).__name__}: {exc}"
+
+    # -- the probe variants -----------------------------------------------------
+    variants = {}
+    for page in (64, 1):
+        full, swa, full_pages, swa_pages = dense_tables(page)
+        # trtllm_mha and fa hand the probe the same kind of table.
+        variants[f"trtllm_mha/fa4 page={page}"] = (
+            "paged", full, swa, page, full_pages, swa_pages
+        )
+    full_idx_r, ptr_r, swa_idx_r, wptr_r, full_rows_r, swa_rows_r = ragged()
+    variants["triton page=1"] = ("ragged", full_idx_r, ptr_r, swa_idx_r, wptr_r,
+                                 full_rows_r, swa_rows_r)
+
+    def make_probe_call(spec, backend):
+        if spec[0] == "paged":
+            _, full, swa, page, fp, sp = spec
+            probe = PageTableProbe(backend, device, -(-geo["context"] // page))
+
+            def call():
+                probe.check_paged("full", 5, full, seq, page, fp)
+                probe.check_paged("swa", 0, swa, seq, page, sp)
+        else:
+            _, fi, fptr, si, sptr, fr, sr = spec
+            probe = PageTableProbe(backend, device, geo["context"])
+
+            def call():
+                probe.check_ragged("full", 5, fi, fptr, fr)
+                probe.check_ragged("swa", 0, si, sptr, sr)
+        return probe, call
+
+    results = []
+    attn_graph = attn_eager = None
+    if attention is not None:
+        attn_graph = median(time_graph, attention, max(2, args.replays // 10))
+        attn_eager = median(time_eager, attention, 3)
+    for name, spec in variants.items():
+        backend = name.split()[0].split("/")[0]
+        probe, call = make_probe_call(spec, backend)
+        row = {"variant": name}
+        row["probe_eager_us"] = median(time_eager, call, 20)
+        row["probe_graph_us"] = median(time_graph, call, args.replays)
+        probe.synchronize_and_poll()  # clean batch: must stay silent
+        if attention is not None:
+            row["attention_graph_us"] = attn_graph
+
+            def both():
+                call()
+                attention()
+
+            row["attention_plus_probe_graph_us"] = median(time_graph, both, max(2, args.replays // 10))
+            row["ratio_on_over_off"] = row["attention_plus_probe_graph_us"] / row["attention_graph_us"]
+            row["attention_eager_us"] = attn_eager
+            row["attention_plus_probe_eager_us"] = median(time_eager, both, 3)
+            row["ratio_on_over_off_eager"] = (
+                row["attention_plus_probe_eager_us"] / row["attention_eager_us"]
+            )
+        results.append(row)
+        print(json.dumps(row), flush=True)
+
+    # -- correctness on the device -----------------------------------------------
+    checks = {}
+    full, swa, full_pages, swa_pages = dense_tables(64)
+    probe = PageTableProbe("trtllm_mha", device, -(-geo["context"] // 64))
+    probe.check_paged("full", 5, full, seq, 64, full_pages)
+    probe.check_paged("swa", 0, swa, seq, 64, swa_pages)
+    probe.synchronize_and_poll()
+    checks["clean_batch_with_tail_garbage_silent"] = True
+    row, n = 3, -(-int(seq_cpu[3]) // 64)
+    full[row, n - 1] = full_pages
+    try:
+        probe.check_paged("full", 5, full, seq, 64, full_pages)
+        probe.synchronize_and_poll()
+        checks["full_violation_reported"] = False
+    except PageTableBoundsError as err:
+        head = str(err).splitlines()[0]
+        want = (f"page-table bounds probe: backend=trtllm_mha layer_kind=full layer=5 "
+                f"request_row={row} entry={n - 1} bad_index={full_pages} not in "
+                f"[0, {full_pages}) (seq_len={int(seq_cpu[3])}, page_size=64, offending_rows=1)")
+        checks["full_violation_reported"] = head == want
+        checks["full_message"] = head
+        checks["entry_redirected_to_page_0"] = int(full[row, n - 1]) == 0
+    probe2 = PageTableProbe("fa4", device, -(-geo["context"] // 64))
+    srow = bs - 1
+    swa[srow, 0] = -7
+    try:
+        probe2.check_paged("swa", 0, swa, seq, 64, swa_pages)
+        probe2.synchronize_and_poll()
+        checks["swa_violation_reported"] = False
+    except PageTableBoundsError as err:
+        head = str(err).splitlines()[0]
+        checks["swa_violation_reported"] = head.startswith(
+            "page-table bounds probe: backend=fa4 layer_kind=swa layer=0 "
+            f"request_row={srow} entry=0 bad_index=-7 not in [0, {swa_pages})")
+        checks["swa_message"] = head
+    # The Triton scan against the torch path on this device.
+    from sglang.srt.utils import page_table_probe as ptp
+
+    agree = True
+    for trial in range(5):
+        flat = torch.randint(-3, 5000, (200000,), generator=g, dtype=torch.int32)
+        lens = torch.randint(0, 3000, (64,), generator=g)
+        starts = torch.cumsum(lens, 0) - lens
+        flat, lens, starts = flat.to(device), lens.to(device), starts.to(device)
+        ref = ptp._scan_rows(flat.clone(), starts, lens, 4990 - trial, False, use_triton=False)
+        got = ptp._scan_rows(flat.clone(), starts, lens, 4990 - trial, False)
+        agree &= all(torch.equal(a.to(torch.int64), b.to(torch.int64)) for a, b in zip(ref, got))
+        x, y = flat.clone(), flat.clone()
+        ptp._scan_rows(x, starts, lens, 4990 - trial, True, use_triton=False)
+        ptp._scan_rows(y, starts, lens, 4990 - trial, True)
+        agree &= torch.equal(x, y)
+    checks["scan_kernel_matches_torch_path"] = bool(agree)
+    checks["scan_path"] = "triton" if device == "cuda" and ptp._triton_scan is not None else "torch"
+    print(json.dumps(checks), flush=True)
+
+    meta = {
+        "benchmark": "bench_page_table_probe",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": _git_commit(),
+        "device": torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "small": args.small,
+        "geometry": geo,
+        "seq_lens": seq_cpu.tolist(),
+        "attention_reference": (
+            "sglang 0.5.23 Triton decode_attention_fwd, all layers of one forward, bf16"
+            if attention is not None else f"unavailable: {attn_error}"
+        ),
+        "timing": f"median of {args.repeats}; CUDA graph of {args.replays} probe calls "
+                  "(attention: replays/10 forwards) per measurement",
+    }
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "page_table_probe.json"), "w") as f:
+        json.dump({"meta": meta, "results": results, "checks": checks}, f, indent=1)
+    print("wrote", os.path.join(args.out, "page_table_probe.json"))
+
+
+if __name__ == "__main__":
+    main()
