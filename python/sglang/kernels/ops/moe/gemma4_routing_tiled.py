@@ -1,0 +1,309 @@
+"""Gemma-4 MoE router, several tokens per program.
+
+Computes, for router logits ``x`` of shape [T, E] and a per-expert scale ``s`` of shape [E]:
+
+    ids[t]     = the ``topk`` experts with the largest logits, largest first; equal logits are
+                 ordered by expert id, lower id first (int32)
+    weights[t] = softmax(x[t, ids[t]]) * s[ids[t]]                                    (float32)
+
+This is the contract of ``gemma4_fused_routing`` (sglang.kernels.ops.moe.gemma4_routing), which now
+calls into this module. The one-program-per-token kernel there sorts all E packed (key, id) pairs per
+token with one warp; at prefill sizes that sort is the cost, not memory. This kernel instead:
+
+* selects the top-k by k rounds of "largest key not above the previous one". Keys are unique (the
+  expert id is packed into the low bits), so one round costs one subtraction and one unsigned min per
+  element and the logits tile is never rewritten;
+* packs the 16-bit logit dtypes (bf16, fp16) into 32-bit keys (value order bits, then ``1023 - id``)
+  and only fp32 logits into 64-bit keys;
+* processes a [BLOCK_T, BLOCK_E] tile of tokens per program, with the launch shape chosen from T so
+  that small batches keep one short program per token and large batches keep every SM busy;
+* takes T, E, K as runtime values (no recompile for a new token count; E and K only pick the
+  power-of-two tile sizes).
+
+Ordering is IEEE-754 totalOrder on the logits after conversion to fp32, the same as the upstream
+kernel: -NaN < -inf < ... < -0.0 < +0.0 < ... < +inf < +NaN. Positive NaNs (the ones torch makes)
+therefore rank first, as in ``torch.topk``. The ids are identical to the upstream kernel's bit for bit.
+Weights follow ``torch.softmax`` over the selected logits: a row whose selected logits include a NaN,
++inf, or only -inf gets NaN weights (the upstream kernel returned a mix of NaN and unnormalised values
+for such rows).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_EXPERTS = 1024  # the expert id lives in the low 10 bits of a key
+SUPPORTED_LOGIT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+# Launch shapes, (max tokens, BLOCK_T, num_warps, chunks), first match wins; see
+# choose_launch_shape.
+_LAUNCH_TABLE = (
+    (512, 1, 1, 1),
+    (4096, 4, 1, 2),
+    (None, 32, 4, 4),
+)
+
+
+@triton.jit
+def _decode_keys(chosen, KEY_MODE: tl.constexpr):
+    """Packed keys -> (expert ids int32, fp32 logit values); the inverse of the key build."""
+    ids = (1023 - (chosen & 1023)).to(tl.int32)
+    if KEY_MODE == 2:
+        ordered = (chosen >> 10).to(tl.uint32)
+        bits = tl.where(ordered >= 0x80000000, ordered ^ 0x80000000, ordered ^ 0xFFFFFFFF)
+        vals = bits.to(tl.float32, bitcast=True)
+    else:
+        ordered = (chosen >> 16).to(tl.int32)  # order-mapped 16-bit logit
+        bits16 = tl.where(ordered >= 0x8000, ordered ^ 0x8000, ordered ^ 0xFFFF)
+        if KEY_MODE == 0:
+            vals = (bits16 << 16).to(tl.float32, bitcast=True)  # bf16 -> fp32 is a shift
+        else:
+            vals = bits16.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    return ids, vals
+
+
+@triton.jit(do_not_specialize=["T"])
+def _gemma4_routing_tiled_kernel(
+    logits_ptr,  # [T, E] fp16 / bf16 / fp32, unit stride along E
+    scale_ptr,  # [E] per-expert scale, any float dtype
+    weights_ptr,  # [T, K] fp32 out, contiguous
+    ids_ptr,  # [T, K] int32 out, contiguous
+    T,
+    E,
+    K,
+    stride_t,
+    BLOCK_T: tl.constexpr,  # tokens per program
+    BLOCK_E: tl.constexpr,  # next power of two >= E
+    BLOCK_K: tl.constexpr,  # next power of two >= K
+    CHUNKS: tl.constexpr,  # a row is loaded as CHUNKS pieces of BLOCK_E // CHUNKS experts
+    KEY_MODE: tl.constexpr,  # 0: bf16, 1: fp16 (32-bit keys), 2: fp32 (64-bit keys)
+    EVEN_E: tl.constexpr,  # E == BLOCK_E
+):
+    # The tile is [CHUNKS, BLOCK_T, W]: piece c of token t holds experts c*W .. c*W+W-1. Putting
+    # the pieces in the outermost dimension keeps them in one thread's registers, so a row is
+    # reduced over fewer lanes (fewer shuffles per selection round).
+    W: tl.constexpr = BLOCK_E // CHUNKS
+    # 64-bit math only for the program's base pointers; offsets inside a tile are 32-bit.
+    first_row = tl.program_id(0).to(tl.int64) * BLOCK_T
+    logits_ptr += first_row * stride_t
+    weights_ptr += first_row * K
+    ids_ptr += first_row * K
+    rows_left = (T - first_row).to(tl.int32)
+
+    rows = tl.arange(0, BLOCK_T)
+    piece = tl.arange(0, CHUNKS)
+    within = tl.arange(0, W)
+    experts = piece[:, None, None] * W + within[None, None, :]  # [CHUNKS, 1, W]
+    row_ok = rows < rows_left
+    col_ok = experts < E
+    if EVEN_E:
+        col_ok = experts < BLOCK_E  # all true, known at compile time
+
+    ptrs = logits_ptr + rows[None, :, None] * stride_t + experts
+    x = tl.load(ptrs, mask=row_ok[None, :, None] & col_ok, other=0.0)
+
+    # Key = order-mapped logit bits on top, 1023 - expert id below (lower id wins ties). The map
+    # is IEEE totalOrder on the fp32 value: negative values get all bits flipped, others the top
+    # bit set.
+    tag = 1023 - experts
+    if KEY_MODE == 2:
+        raw = x.to(tl.uint32, bitcast=True)
+        ordered = tl.where(raw >= 0x80000000, raw ^ 0xFFFFFFFF, raw | 0x80000000)
+        key = (ordered.to(tl.uint64) << 10) | tag.to(tl.uint64)
+        key = tl.where(col_ok, key, 0)
+        limit = tl.full([BLOCK_T], -1, tl.int64).to(tl.uint64, bitcast=True)
+    else:
+        # bf16 and fp16 widen exactly to fp32, so their 16 bits order like the fp32 value (and
+        # keep the sign of a NaN, whatever the widening instruction does with it).
+        b = x.to(tl.int16, bitcast=True).to(tl.int32)  # sign-extended
+        ordered = b ^ ((b >> 31) | 0x8000)  # 16-bit result
+        key = ((ordered << 16) | tag).to(tl.uint32, bitcast=True)
+        key = tl.where(col_ok, key, 0)
+        limit = tl.full([BLOCK_T], 0xFFFFFFFF, tl.uint32)
+
+    # acc[t, j] = key chosen in round j. With the rounds unrolled, column j of a thread's copy is
+    # a fixed register, so filling it costs nothing.
+    slot = tl.arange(0, BLOCK_K)
+    acc = tl.zeros([BLOCK_T, BLOCK_K], dtype=key.dtype)
+
+    # Round j picks the largest key <= limit: limit - key wraps to a huge value for keys above the
+    # limit, so the smallest difference belongs to the wanted key. Keys are unique, so the next
+    # limit is the chosen key minus one. The logits tile itself is never rewritten.
+    if BLOCK_K <= 16:
+        for j in tl.static_range(BLOCK_K):
+            gap = limit[None, :, None] - key
+            best = limit - tl.min(tl.min(gap, axis=0), axis=1)
+            acc = tl.where(slot[None, :] == j, best[:, None], acc)
+            if j == 0:
+                top_key = best
+            limit = best - 1
+    else:
+        top_key = limit
+        for j in range(K):
+            gap = limit[None, :, None] - key
+            best = limit - tl.min(tl.min(gap, axis=0), axis=1)
+            acc = tl.where(slot[None, :] == j, best[:, None], acc)
+            top_key = tl.where(j == 0, best, top_key)
+            limit = best - 1
+
+    ids, vals = _decode_keys(acc, KEY_MODE)
+    _, vmax = _decode_keys(top_key, KEY_MODE)
+
+    # Softmax over the selected logits, max = the first one (a NaN there stays a NaN; tl.max
+    # would drop it). -0.0 is the additive identity, so the padding adds nothing.
+    is_top = slot[None, :] < K
+    ex = tl.where(is_top, tl.exp(vals - vmax[:, None]), -0.0)
+    denom = tl.sum(ex, axis=1)
+    weights = ex / denom[:, None]
+
+    out_mask = row_ok[:, None] & is_top
+    scale = tl.load(scale_ptr + ids, mask=out_mask, other=1.0).to(tl.float32)
+    weights = weights * scale
+
+    out_off = rows[:, None] * K + slot[None, :]
+    tl.store(weights_ptr + out_off, weights, mask=out_mask)
+    tl.store(ids_ptr + out_off, ids, mask=out_mask)
+
+
+def choose_launch_shape(num_tokens: int, num_experts: int, topk: int) -> tuple[int, int, int]:
+    """(BLOCK_T, num_warps, chunks) for a batch of ``num_tokens`` tokens.
+
+    Up to a few hundred tokens the kernel is latency-bound: one single-warp program per token, the
+    row spread over the 32 lanes (one warp-wide reduction per round), is the shortest path. Larger
+    batches put several tokens in a program and load each row as 4 pieces held by the same lanes,
+    so a row spans fewer lanes and a round needs fewer shuffles; neighbouring rows interleave.
+    """
+    block_e = triton.next_power_of_2(num_experts)
+    block_k = triton.next_power_of_2(topk)
+    for max_tokens, block_t, num_warps, chunks in _LAUNCH_TABLE:
+        if max_tokens is None or num_tokens <= max_tokens:
+            while chunks > 1 and block_e // chunks < max(block_k, 8):
+                chunks //= 2
+            return block_t, num_warps, chunks
+    raise AssertionError("unreachable: the launch table ends with a catch-all")
+
+
+def _check_inputs(gating_output, per_expert_scale, topk) -> None:
+    if not isinstance(gating_output, torch.Tensor):
+        raise TypeError(
+            f"gating_output must be a torch.Tensor, got {type(gating_output).__name__}"
+        )
+    if not isinstance(per_expert_scale, torch.Tensor):
+        raise TypeError(
+            f"per_expert_scale must be a torch.Tensor, got {type(per_expert_scale).__name__}"
+        )
+    if gating_output.dim() != 2:
+        raise ValueError(
+            f"gating_output must be 2-D router logits [T, E], got shape {tuple(gating_output.shape)}"
+        )
+    if gating_output.dtype not in SUPPORTED_LOGIT_DTYPES:
+        raise TypeError(
+            f"gating_output dtype {gating_output.dtype} is not supported; "
+            "expected torch.float16, torch.bfloat16 or torch.float32"
+        )
+    num_experts = gating_output.shape[1]
+    if per_expert_scale.dim() != 1 or per_expert_scale.shape[0] != num_experts:
+        raise ValueError(
+            f"per_expert_scale must have shape [E] = [{num_experts}] to match gating_output "
+            f"{tuple(gating_output.shape)}, got shape {tuple(per_expert_scale.shape)}"
+        )
+    if not per_expert_scale.is_floating_point():
+        raise TypeError(
+            f"per_expert_scale must be a floating tensor, got dtype {per_expert_scale.dtype}"
+        )
+    if per_expert_scale.device != gating_output.device:
+        raise ValueError(
+            f"per_expert_scale is on {per_expert_scale.device} but gating_output is on "
+            f"{gating_output.device}"
+        )
+    if isinstance(topk, bool) or not isinstance(topk, int):
+        raise TypeError(f"topk must be an int, got {type(topk).__name__}")
+    if num_experts > MAX_EXPERTS:
+        raise ValueError(
+            f"gemma4 routing supports at most {MAX_EXPERTS} experts, got E={num_experts}"
+        )
+    if not 1 <= topk <= num_experts:
+        raise ValueError(f"topk must be in [1, E={num_experts}], got {topk}")
+
+
+def gemma4_routing_tiled(
+    gating_output: torch.Tensor,
+    per_expert_scale: torch.Tensor,
+    topk: int,
+    *,
+    block_t: int | None = None,
+    num_warps: int | None = None,
+    chunks: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gemma-4 router: top-k experts, softmax over their logits, times per_expert_scale[id].
+
+    Args:
+        gating_output: [T, E] router logits, fp16 / bf16 / fp32, E <= 1024.
+        per_expert_scale: [E] per-expert scale, any floating dtype, same device.
+        topk: experts kept per token, 1 <= topk <= E.
+        block_t, num_warps, chunks: override the launch shape (tokens per program, warps per program,
+            pieces per row; powers of two); by default chosen by ``choose_launch_shape``.
+
+    Returns:
+        (topk_weights [T, topk] float32, topk_ids [T, topk] int32).
+    """
+    _check_inputs(gating_output, per_expert_scale, topk)
+    num_tokens, num_experts = gating_output.shape
+
+    topk_weights = torch.empty(
+        (num_tokens, topk), dtype=torch.float32, device=gating_output.device
+    )
+    topk_ids = torch.empty((num_tokens, topk), dtype=torch.int32, device=gating_output.device)
+    if num_tokens == 0:
+        return topk_weights, topk_ids
+
+    default_block_t, default_warps, default_chunks = choose_launch_shape(
+        num_tokens, num_experts, topk
+    )
+    block_t = default_block_t if block_t is None else block_t
+    num_warps = default_warps if num_warps is None else num_warps
+    if block_t < 1 or block_t & (block_t - 1):
+        raise ValueError(f"block_t must be a power of two, got {block_t}")
+    if num_warps < 1 or num_warps & (num_warps - 1):
+        raise ValueError(f"num_warps must be a power of two, got {num_warps}")
+
+    if gating_output.stride(1) != 1:
+        gating_output = gating_output.contiguous()
+    per_expert_scale = per_expert_scale.contiguous()
+
+    block_e = triton.next_power_of_2(num_experts)
+    block_k = triton.next_power_of_2(topk)
+    chunks = chunks if chunks is not None else default_chunks
+    if chunks < 1 or chunks & (chunks - 1) or block_e // chunks < block_k:
+        raise ValueError(
+            f"chunks must be a power of two with BLOCK_E // chunks >= BLOCK_K, got chunks={chunks} "
+            f"for E={num_experts}, topk={topk}"
+        )
+    if gating_output.dtype == torch.bfloat16:
+        key_mode = 0
+    elif gating_output.dtype == torch.float16:
+        key_mode = 1
+    else:
+        key_mode = 2
+
+    grid = (triton.cdiv(num_tokens, block_t),)
+    _gemma4_routing_tiled_kernel[grid](
+        gating_output,
+        per_expert_scale,
+        topk_weights,
+        topk_ids,
+        num_tokens,
+        num_experts,
+        topk,
+        gating_output.stride(0),
+        BLOCK_T=block_t,
+        BLOCK_E=block_e,
+        BLOCK_K=block_k,
+        CHUNKS=chunks,
+        KEY_MODE=key_mode,
+        EVEN_E=num_experts == block_e,
+        num_warps=num_warps,
+    )
+    return topk_weights, topk_ids

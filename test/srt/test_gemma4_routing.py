@@ -1,0 +1,361 @@
+"""Semantics of the Gemma-4 MoE router of the installed engine (``gemma4_fused_routing``).
+
+Contract: ids = the top-k experts by logit, largest first, equal logits by lower expert id, under
+IEEE totalOrder of the logit widened to fp32 (so +NaN ranks first, like torch.topk, and +0.0 above
+-0.0); weights = softmax(logits[ids]) * per_expert_scale[ids] as fp32; ids int32.
+
+The CPU tests run the installed kernels under Triton's interpreter (CPU tensors) and force every launch
+shape on small batches; the GPU-marked tests run the same checks compiled, on large batches too, and
+compare with the previous one-token-per-program kernel bit for bit on the ids.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+import torch
+
+ROUTING = "sglang.kernels.ops.moe.gemma4_routing"
+TILED = "sglang.kernels.ops.moe.gemma4_routing_tiled"
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# Launch shapes (block_t, num_warps, chunks) that choose_launch_shape can return, plus others.
+FORCED_SHAPES = ((1, 1, 1), (4, 1, 2), (32, 4, 4), (2, 1, 1), (8, 1, 4), (16, 2, 2), (64, 8, 4))
+
+
+# ----------------------------------------------------------------------------------------------
+# Independent reference (torch only, exact integer ordering).
+
+
+def _total_order_key(values_fp32: torch.Tensor) -> torch.Tensor:
+    """int64 that orders like IEEE totalOrder on fp32 values (bit patterns, NaN signs included)."""
+    bits = values_fp32.contiguous().view(torch.int32).to(torch.int64)
+    return torch.where(bits < 0, -(bits & 0x7FFFFFFF) - 1, bits)
+
+
+def reference_routing(logits: torch.Tensor, scale: torch.Tensor, topk: int):
+    x = logits.detach().to("cpu", torch.float32)
+    num_experts = x.shape[1]
+    expert = torch.arange(num_experts, dtype=torch.int64)
+    composite = _total_order_key(x) * 2048 + (2047 - expert)  # unique per row
+    ids = torch.topk(composite, topk, dim=1, largest=True, sorted=True).indices
+    picked = torch.gather(x, 1, ids)
+    weights = torch.softmax(picked, dim=1) * scale.detach().to("cpu", torch.float32)[ids]
+    return weights, ids.to(torch.int32)
+
+
+def assert_matches_reference(weights, ids, logits, scale, topk):
+    ref_w, ref_ids = reference_routing(logits, scale, topk)
+    assert weights.dtype == torch.float32 and ids.dtype == torch.int32
+    assert tuple(weights.shape) == tuple(ids.shape) == (logits.shape[0], topk)
+    got_ids = ids.cpu()
+    bad = (got_ids != ref_ids).any(dim=1).nonzero().flatten().tolist()
+    assert not bad, (
+        f"ids differ from the reference in rows {bad[:5]}: got {got_ids[bad[:1]].tolist()}, "
+        f"want {ref_ids[bad[:1]].tolist()}"
+    )
+    torch.testing.assert_close(weights.cpu(), ref_w, rtol=1e-6, atol=0.0, equal_nan=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs.
+
+
+def _bits_to(dtype: torch.dtype, bits: int) -> torch.Tensor:
+    int_dtype = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
+    width = 32 if dtype == torch.float32 else 16
+    if bits >= 1 << (width - 1):
+        bits -= 1 << width
+    return torch.tensor([bits], dtype=int_dtype[dtype]).view(dtype)
+
+
+def special_logits(num_tokens: int, num_experts: int, dtype: torch.dtype, seed: int = 0):
+    """Random logits with the hard rows first: ties, -inf, NaN, +inf, signed zeros, negative NaN."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(num_tokens, num_experts, generator=gen).to(dtype)
+    e = num_experts
+    rows = [
+        lambda r: r.fill_(0.5),  # all tied: ids 0..k-1
+        lambda r: r.copy_(torch.randint(-2, 3, (e,), generator=gen).to(dtype)),  # many ties
+        lambda r: r.fill_(float("-inf")),  # all -inf: NaN weights, ids 0..k-1
+        lambda r: r.__setitem__(slice(0, e // 2), float("-inf")),  # half -inf
+        lambda r: r.__setitem__(e // 3, float("nan")),  # one +NaN: ranks first, NaN weights
+        lambda r: r.__setitem__(e - 1, float("inf")),  # +inf: NaN weights (softmax)
+        lambda r: (r.fill_(-1.0), r.__setitem__(slice(1, None, 2), 0.0),
+                   r.__setitem__(slice(0, None, 2), -0.0)),  # +0.0 above -0.0
+        lambda r: (r.__setitem__(0, _bits_to(dtype, 0xFFC00000 if dtype == torch.float32
+                                              else 0xFE00 if dtype == torch.float16 else 0xFFC0)[0]),
+                   r.__setitem__(slice(1, None), float("-inf"))),  # -NaN ranks last, below -inf
+        lambda r: r.fill_(float("nan")),
+    ]
+    for i, make in enumerate(rows[: num_tokens]):
+        make(x[i])
+    return x
+
+
+def _scale(num_experts: int, seed: int = 1) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(num_experts, generator=gen) * 1.5 + 0.25
+
+
+# ----------------------------------------------------------------------------------------------
+# CPU: the installed kernels under Triton's interpreter.
+
+
+@pytest.fixture(scope="module")
+def interp():
+    """(routing module, tiled module) of the installed engine, re-imported in interpreter mode.
+
+    Triton decides at decoration time whether a kernel is compiled or interpreted, so both modules
+    are reloaded with TRITON_INTERPRET=1 and reloaded again afterwards for later tests.
+    """
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        tiled = importlib.reload(importlib.import_module(TILED))
+        routing = importlib.reload(importlib.import_module(ROUTING))
+        yield routing, tiled
+    finally:
+        if old is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = old
+        importlib.reload(importlib.import_module(TILED))
+        importlib.reload(importlib.import_module(ROUTING))
+
+
+def test_installed_router_calls_the_tiled_kernel(interp):
+    routing, tiled = interp
+    x = special_logits(7, 128, torch.bfloat16)
+    s = _scale(128)
+    w_hook, i_hook = routing.gemma4_fused_routing(x, s, 8)
+    w_tiled, i_tiled = tiled.gemma4_routing_tiled(x, s, 8)
+    assert torch.equal(i_hook, i_tiled)
+    torch.testing.assert_close(w_hook, w_tiled, rtol=0, atol=0, equal_nan=True)
+    assert_matches_reference(w_hook, i_hook, x, s, 8)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("num_experts", (8, 128, 256, 1024))
+@pytest.mark.parametrize("topk", (1, 8))
+@pytest.mark.parametrize("num_tokens", (0, 1, 7))
+def test_matches_reference_cpu(interp, dtype, num_experts, topk, num_tokens):
+    routing, _ = interp
+    x = special_logits(num_tokens, num_experts, dtype, seed=num_experts + topk)
+    s = _scale(num_experts)
+    weights, ids = routing.gemma4_fused_routing(x, s, topk)
+    assert_matches_reference(weights, ids, x, s, topk)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_large_batch_cpu(interp, dtype):
+    """T=4096 takes the multi-token launch shape chosen for large T."""
+    routing, tiled = interp
+    assert tiled.choose_launch_shape(4096, 128, 8)[0] > 1
+    x = special_logits(4096, 128, dtype, seed=3)
+    s = _scale(128)
+    weights, ids = routing.gemma4_fused_routing(x, s, 8)
+    assert_matches_reference(weights, ids, x, s, 8)
+
+
+@pytest.mark.parametrize("shape", FORCED_SHAPES, ids=lambda s: "bt%d_w%d_c%d" % s)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_every_launch_shape_cpu(interp, shape, dtype):
+    """Each launch shape on a small batch, including a partial last tile (T not a multiple)."""
+    _, tiled = interp
+    block_t, num_warps, chunks = shape
+    num_tokens = 2 * block_t + 3
+    x = special_logits(num_tokens, 128, dtype, seed=block_t)
+    s = _scale(128)
+    weights, ids = tiled.gemma4_routing_tiled(
+        x, s, 8, block_t=block_t, num_warps=num_warps, chunks=chunks
+    )
+    assert_matches_reference(weights, ids, x, s, 8)
+
+
+@pytest.mark.parametrize(
+    "num_experts,topk",
+    [(24, 5), (1000, 8), (1000, 20), (64, 64), (128, 17), (3, 3), (1024, 1)],
+)
+@pytest.mark.parametrize("shape", ((1, 1, 1), (4, 1, 2), (32, 4, 4)), ids=lambda s: "bt%d_w%d_c%d" % s)
+def test_odd_expert_counts_and_large_k_cpu(interp, num_experts, topk, shape):
+    """E not a power of two (masked lanes), K > 16 (rolled loop), K == E."""
+    _, tiled = interp
+    block_t, num_warps, chunks = shape
+    block_e = 1 << (num_experts - 1).bit_length()
+    block_k = 1 << (topk - 1).bit_length()
+    while chunks > 1 and block_e // chunks < block_k:
+        chunks //= 2
+    x = special_logits(block_t + 2, num_experts, torch.bfloat16, seed=num_experts)
+    s = _scale(num_experts)
+    weights, ids = tiled.gemma4_routing_tiled(
+        x, s, topk, block_t=block_t, num_warps=num_warps, chunks=chunks
+    )
+    assert_matches_reference(weights, ids, x, s, topk)
+
+
+def test_strided_inputs_cpu(interp):
+    routing, _ = interp
+    wide = torch.randn(9, 300).to(torch.bfloat16)
+    rows_strided = wide[:, 10:138]  # row stride 300
+    cols_strided = torch.randn(128, 9).to(torch.bfloat16).t()  # column stride 9
+    scale = _scale(256)[::2]  # non-contiguous scale
+    for x in (rows_strided, cols_strided):
+        weights, ids = routing.gemma4_fused_routing(x, scale, 8)
+        assert_matches_reference(weights, ids, x, scale, 8)
+
+
+def test_scale_dtypes_cpu(interp):
+    routing, _ = interp
+    x = torch.randn(5, 128).to(torch.bfloat16)
+    for scale_dtype in (torch.float32, torch.bfloat16, torch.float16):
+        s = _scale(128).to(scale_dtype)
+        weights, ids = routing.gemma4_fused_routing(x, s, 8)
+        assert_matches_reference(weights, ids, x, s, 8)
+
+
+def test_ties_pick_lower_ids_first_cpu(interp):
+    routing, _ = interp
+    x = torch.zeros(2, 16)
+    x[0, [3, 7, 11]] = 2.0
+    x[1, :] = 1.0
+    x[1, [9, 2]] = 4.0
+    weights, ids = routing.gemma4_fused_routing(x, torch.ones(16), 4)
+    assert ids.tolist() == [[3, 7, 11, 0], [2, 9, 0, 1]]
+    e2 = torch.exp(torch.tensor(2.0))
+    torch.testing.assert_close(weights[0, 0], e2 / (3 * e2 + 1), rtol=1e-6, atol=0)
+
+
+def test_launch_shape_choice():
+    tiled = importlib.import_module(TILED)
+    shapes = {t: tiled.choose_launch_shape(t, 128, 8) for t in (1, 64, 512, 513, 4096, 4097, 16384)}
+    assert shapes[1] == shapes[64] == shapes[512] == (1, 1, 1)
+    assert shapes[513][0] > 1 and shapes[4097][0] >= shapes[513][0]
+    assert shapes[16384] == shapes[4097]
+    assert len(set(shapes.values())) == 3
+    for t, (block_t, num_warps, chunks) in shapes.items():
+        assert block_t & (block_t - 1) == 0 and num_warps & (num_warps - 1) == 0
+    # Small expert counts fall back to fewer pieces per row: a piece holds >= max(BLOCK_K, 8).
+    assert tiled.choose_launch_shape(16384, 8, 1)[2] == 1
+    assert tiled.choose_launch_shape(16384, 64, 32)[2] == 2
+
+
+@pytest.mark.parametrize(
+    "args,exc,match",
+    [
+        ((torch.randn(128), torch.ones(128), 8), ValueError, r"2-D router logits \[T, E\]"),
+        ((torch.randn(2, 3, 128), torch.ones(128), 8), ValueError, "2-D router logits"),
+        ((torch.randn(4, 128).double(), torch.ones(128), 8), TypeError, "float64"),
+        ((torch.randint(0, 9, (4, 128)), torch.ones(128), 8), TypeError, "int64"),
+        ((torch.randn(4, 128), torch.ones(64), 8), ValueError, r"per_expert_scale must have shape"),
+        ((torch.randn(4, 128), torch.ones(1, 128), 8), ValueError, "per_expert_scale"),
+        ((torch.randn(4, 128), torch.ones(128, dtype=torch.int32), 8), TypeError, "floating"),
+        ((torch.randn(4, 128), torch.ones(128), 0), ValueError, r"topk must be in \[1, E=128\]"),
+        ((torch.randn(4, 128), torch.ones(128), 129), ValueError, "topk must be in"),
+        ((torch.randn(4, 128), torch.ones(128), 8.0), TypeError, "topk must be an int"),
+        ((torch.randn(4, 128), torch.ones(128), True), TypeError, "topk must be an int"),
+        ((torch.randn(4, 2048), torch.ones(2048), 8), ValueError, "at most 1024 experts"),
+        (([[1.0] * 8], torch.ones(8), 2), TypeError, "gating_output must be a torch.Tensor"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(args, exc, match):
+    routing = importlib.import_module(ROUTING)
+    with pytest.raises(exc, match=match):
+        routing.gemma4_fused_routing(*args)
+
+
+def test_bad_launch_overrides_raise():
+    tiled = importlib.import_module(TILED)
+    x, s = torch.randn(4, 128), torch.ones(128)
+    with pytest.raises(ValueError, match="block_t must be a power of two"):
+        tiled.gemma4_routing_tiled(x, s, 8, block_t=3)
+    with pytest.raises(ValueError, match="num_warps must be a power of two"):
+        tiled.gemma4_routing_tiled(x, s, 8, num_warps=0)
+    with pytest.raises(ValueError, match="chunks"):
+        tiled.gemma4_routing_tiled(x, s, 8, chunks=32)
+
+
+def test_empty_batch_returns_typed_empty_outputs():
+    routing = importlib.import_module(ROUTING)
+    weights, ids = routing.gemma4_fused_routing(torch.randn(0, 128), torch.ones(128), 8)
+    assert weights.shape == ids.shape == (0, 8)
+    assert weights.dtype == torch.float32 and ids.dtype == torch.int32
+
+
+# ----------------------------------------------------------------------------------------------
+# GPU: compiled kernels, large batches, and the previous kernel as a second reference.
+
+
+def _upstream_rowwise(routing, logits, scale, topk):
+    """The previous one-token-per-program kernel (still in the module), launched as before."""
+    num_tokens, num_experts = logits.shape
+    weights = torch.empty(num_tokens, topk, dtype=torch.float32, device=logits.device)
+    ids = torch.empty(num_tokens, topk, dtype=torch.int32, device=logits.device)
+    routing._gemma4_routing_kernel[(num_tokens,)](
+        logits, scale, weights, ids, logits.stride(0), num_experts, topk,
+        1 << (num_experts - 1).bit_length(), num_warps=1,
+    )
+    return weights, ids
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("num_experts", (8, 128, 256, 1024))
+@pytest.mark.parametrize("topk", (1, 8))
+@pytest.mark.parametrize("num_tokens", (0, 1, 7, 4096, 16384))
+def test_matches_reference_gpu(dtype, num_experts, topk, num_tokens):
+    routing = importlib.import_module(ROUTING)
+    x = special_logits(num_tokens, num_experts, dtype, seed=num_experts + topk).cuda()
+    s = _scale(num_experts).cuda()
+    weights, ids = routing.gemma4_fused_routing(x, s, topk)
+    assert weights.is_cuda and ids.is_cuda
+    assert_matches_reference(weights, ids, x, s, topk)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", FORCED_SHAPES, ids=lambda s: "bt%d_w%d_c%d" % s)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_every_launch_shape_gpu(shape, dtype):
+    tiled = importlib.import_module(TILED)
+    block_t, num_warps, chunks = shape
+    x = special_logits(4096 + 3, 128, dtype, seed=block_t).cuda()
+    s = _scale(128).cuda()
+    weights, ids = tiled.gemma4_routing_tiled(
+        x, s, 8, block_t=block_t, num_warps=num_warps, chunks=chunks
+    )
+    assert_matches_reference(weights, ids, x, s, 8)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("num_tokens", (1, 7, 64, 4096, 16384))
+def test_same_ids_as_previous_kernel_gpu(dtype, num_tokens):
+    """Bit for bit on the ids, 1e-6 relative on the weights, for finite rows and +NaN ties."""
+    routing = importlib.import_module(ROUTING)
+    gen = torch.Generator().manual_seed(num_tokens)
+    x = torch.randn(num_tokens, 128, generator=gen).to(dtype)
+    x[::5] = torch.randint(-3, 4, (x[::5].shape), generator=gen).to(dtype)  # heavy ties
+    x = x.cuda()
+    s = _scale(128).cuda()
+    w_new, i_new = routing.gemma4_fused_routing(x, s, 8)
+    w_old, i_old = _upstream_rowwise(routing, x, s, 8)
+    assert torch.equal(i_new, i_old)
+    torch.testing.assert_close(w_new, w_old, rtol=1e-6, atol=0.0)
+
+
+@pytest.mark.gpu
+def test_no_recompile_for_new_token_counts_gpu():
+    tiled = importlib.import_module(TILED)
+    kernel = tiled._gemma4_routing_tiled_kernel
+    s = _scale(128).cuda()
+    counts = []
+    for num_tokens in (8193, 9000, 12289, 16384, 16001):
+        tiled.gemma4_routing_tiled(torch.randn(num_tokens, 128, device="cuda").bfloat16(), s, 8)
+        caches = getattr(kernel, "device_caches", None)
+        if caches is not None:  # triton >= 3.2: device -> (kernel cache, ...)
+            counts.append(sum(len(entry[0]) for entry in caches.values()))
+        else:
+            counts.append(sum(len(c) for c in kernel.cache.values()))
+    assert counts[-1] == counts[0], f"compiled variants grew with T: {counts}"
