@@ -397,7 +397,7 @@ def test_expected_length_env_wins_over_context_length(geo, monkeypatch):
     [
         ("31b", False, 2000, B200_MIB),
         ("26b", False, 9000, B200_MIB),
-        ("26b", True, 9000, B200_MIB),
+        ("26b", True, 9000, H100_MIB),
         ("26b", False, 33000, H100_MIB),
     ],
     ids=[
@@ -426,16 +426,41 @@ def test_chosen_split_balances_both_pools(geo, key, mtp, tokens, mib):
 def test_ratio_follows_workload_and_draft_width(geo):
     chat = _ratio(_resolve(geo["26b"], "--context-length", "2000", mib=B200_MIB))
     summ = _ratio(_resolve(geo["26b"], "--context-length", "9000", mib=B200_MIB))
-    summ_mtp = _ratio(
-        _resolve(
-            geo["26b"], "--context-length", "9000", *_mtp_args(geo["26b_assistant"]), mib=B200_MIB
-        )
+    # On an 80 GB card neither case reaches the 48-request MTP cap.
+    summ_h100 = _ratio(_resolve(geo["26b"], "--context-length", "9000"))
+    summ_mtp_h100 = _ratio(
+        _resolve(geo["26b"], "--context-length", "9000", *_mtp_args(geo["26b_assistant"]))
     )
     dense_chat = _ratio(_resolve(geo["31b"], "--context-length", "2000", mib=B200_MIB))
     assert chat > summ  # longer requests: relatively fewer SWA rows
-    assert summ_mtp > summ  # 4 draft tokens x 128 eviction interval of extra SWA residency
+    # 4 draft tokens x 128 eviction interval of extra SWA residency per request.
+    assert summ_mtp_h100 > summ_h100
     # Dense 31B chat keeps a large SWA side: no regression from a MoE-style 0.15.
     assert dense_chat > 0.5
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["9k-requests", "no-length"])
+def test_mtp_request_cap_sizes_the_swa_pool(geo, declared):
+    """Past the 48-request FROZEN_KV cap, SWA rows cannot be used: the SWA pool holds
+    the cap's worst case (sglang's compute_swa_request_cap) and the rest goes to full."""
+    from sglang.srt.model_executor.pool_configurator import compute_swa_request_cap
+
+    extra = ["--context-length", "9000"] if declared else []
+    server_args = _resolve(geo["26b"], *extra, *_mtp_args(geo["26b_assistant"]), mib=B200_MIB)
+    ratio = _ratio(server_args)
+    assert ratio is not None and ratio < 0.15
+    budget = _budget(server_args, geo["26b_assistant"], mib=B200_MIB)
+    full, swa, _, kvc = _pools(server_args, budget, mib=B200_MIB)
+    need = compute_swa_request_cap(
+        page_size=1, window=1023, attn_dp_size=1, max_running_requests=48
+    )
+    assert need <= swa <= 1.2 * need
+    assert kvc.resolve_max_num_reqs(full) == 48
+    assert full >= 48 * 9000
+    # On an 80 GB card the cap's SWA rows do not fit: sglang's default stays.
+    if not declared:
+        small = _resolve(geo["26b"], *_mtp_args(geo["26b_assistant"]))
+        assert _ratio(small) is None
 
 
 def test_pure_policy_hand_computed():

@@ -1,4 +1,4 @@
-"""KV-pool sizing for Gemma-4: the full/SWA split, draft rows and KV-shared layers.
+"""KV-pool sizing for Gemma-4: the split between the full and the SWA pool.
 
 Gemma-4 text layers alternate sliding-window (SWA) and full attention layers
 (5:1 for the 26B-A4B, 31B and E4B checkpoints, 4:1 for E2B). SGLang keeps two
@@ -55,8 +55,7 @@ GEMMA4_ASSISTANT_ARCHITECTURES = (
     "Gemma4UnifiedAssistantForCausalLM",
 )
 
-# sglang's default split (fields/schedule.py fallback) and its default SWA
-# eviction interval (environ SGLANG_SWA_EVICTION_INTERVAL).
+# sglang's default split (the fields/schedule.py fallback).
 UPSTREAM_DEFAULT_RATIO = 0.8
 # The draft width sglang picks for a Gemma-4 target when none is given
 # (speculative_hook._auto_choose_speculative_params: steps 3, topk 1, 4 tokens).
@@ -70,6 +69,11 @@ CUDA_CONTEXT_BYTES = 1 << 30
 # Requests assumed to share the prefill-chunk reservation when the KV budget
 # cannot be estimated (no GPU visible while the arguments resolve).
 FALLBACK_CONCURRENCY = 32
+
+# SWA rows kept above the request cap's need, so that a measured KV budget up to
+# 13% below the estimate still leaves every capped request its SWA rows (both
+# pools scale with the budget at a fixed ratio).
+CAP_HEADROOM = 1.15
 
 EXPECTED_REQUEST_TOKENS_ENV = "SGLANG_GEMMA4_EXPECTED_REQUEST_TOKENS"
 
@@ -157,10 +161,11 @@ class RatioChoice:
 def balanced_swa_full_tokens_ratio(
     geometry: Gemma4PoolGeometry,
     *,
-    request_tokens: int,
+    request_tokens: Optional[int],
     swa_tokens_per_req: int,
     chunk_reserve_tokens: int,
     kv_budget_bytes: Optional[int],
+    max_running_requests: Optional[int] = None,
     fallback_concurrency: int = FALLBACK_CONCURRENCY,
 ) -> RatioChoice:
     """The split at which the full and SWA pools run out at the same concurrency.
@@ -169,38 +174,82 @@ def balanced_swa_full_tokens_ratio(
     ``swa_tokens_per_req`` its SWA residency, ``chunk_reserve_tokens`` the SWA rows
     prefill chunks hold. With a budget the concurrency follows from it; without
     one the chunk reservation is shared by ``fallback_concurrency`` requests.
-    The ratio is None (keep sglang's default) when the budget cannot hold one
-    request at any split.
+
+    When ``max_running_requests`` caps the concurrency below what the budget
+    allows (or no request length is known), the SWA pool is sized for exactly
+    that many requests and everything else goes to the full pool: SWA rows past
+    the cap can never be used by running requests, full rows serve longer ones.
+
+    The ratio is None (keep sglang's default) when there is nothing to size for,
+    or the budget cannot hold the sized requests at any split.
     """
-    if request_tokens <= 0:
+    if request_tokens is not None and request_tokens <= 0:
         raise ValueError(f"expected request length must be positive, got {request_tokens}")
     if swa_tokens_per_req <= 0 or chunk_reserve_tokens < 0:
         raise ValueError("SWA residency must be positive and the chunk reserve >= 0")
-    per_req_swa = min(swa_tokens_per_req, request_tokens)
-    if kv_budget_bytes is not None:
+    if max_running_requests is not None and max_running_requests <= 0:
+        raise ValueError(f"max_running_requests must be positive, got {max_running_requests}")
+    gib = 1 << 30
+    per_req_swa = (
+        swa_tokens_per_req if request_tokens is None else min(swa_tokens_per_req, request_tokens)
+    )
+    cells = f"full cell {geometry.full_cell} B/token, SWA cell {geometry.swa_cell} B/token"
+
+    concurrency = None
+    if request_tokens is not None and kv_budget_bytes is not None:
         usable = kv_budget_bytes - chunk_reserve_tokens * geometry.swa_cell
         per_req_bytes = request_tokens * geometry.full_cell + per_req_swa * geometry.swa_cell
         concurrency = usable / per_req_bytes
         if concurrency < 1:
             return RatioChoice(
                 None,
-                f"the KV budget ({kv_budget_bytes / (1 << 30):.2f} GiB) holds less than one "
+                f"the KV budget ({kv_budget_bytes / gib:.2f} GiB) holds less than one "
                 f"{request_tokens}-token request at any split; keeping sglang's default",
                 concurrency,
             )
-        basis = f"KV budget {kv_budget_bytes / (1 << 30):.2f} GiB -> {concurrency:.0f} requests"
+
+    capped = max_running_requests is not None and kv_budget_bytes is not None
+    capped = capped and (concurrency is None or concurrency > max_running_requests)
+    if capped:
+        swa_tokens = (per_req_swa * max_running_requests + chunk_reserve_tokens) * CAP_HEADROOM
+        full_tokens = (kv_budget_bytes - swa_tokens * geometry.swa_cell) / geometry.full_cell
+        if full_tokens < swa_tokens:
+            return RatioChoice(
+                None,
+                f"the KV budget ({kv_budget_bytes / gib:.2f} GiB) cannot give "
+                f"{max_running_requests} running requests their SWA rows and a larger full "
+                "pool; keeping sglang's default",
+                None,
+            )
+        raw = swa_tokens / full_tokens
+        length = "" if request_tokens is None else f"{request_tokens}-token "
+        reason = (
+            f"SWA pool sized for the {max_running_requests}-request cap ({length}requests hold "
+            f"{per_req_swa} SWA tokens each, +{chunk_reserve_tokens} for prefill chunks, "
+            f"x{CAP_HEADROOM} headroom), "
+            f"the rest of the KV budget {kv_budget_bytes / gib:.2f} GiB to the full pool; {cells}"
+        )
+        concurrency = float(max_running_requests)
+    elif request_tokens is None:
+        return RatioChoice(
+            None,
+            "no expected request length declared (set "
+            f"{EXPECTED_REQUEST_TOKENS_ENV} or --context-length) and no known request cap "
+            f"and budget; keeping sglang's default {UPSTREAM_DEFAULT_RATIO}",
+        )
     else:
-        concurrency = float(max(1, fallback_concurrency))
-        basis = f"KV budget unknown, chunk reserve shared by {fallback_concurrency} requests"
-    raw = (per_req_swa * concurrency + chunk_reserve_tokens) / (concurrency * request_tokens)
+        if concurrency is None:
+            concurrency = float(max(1, fallback_concurrency))
+            basis = f"KV budget unknown, chunk reserve shared by {fallback_concurrency} requests"
+        else:
+            basis = f"KV budget {kv_budget_bytes / gib:.2f} GiB -> {concurrency:.0f} requests"
+        raw = (per_req_swa * concurrency + chunk_reserve_tokens) / (concurrency * request_tokens)
+        reason = (
+            f"{request_tokens}-token requests hold {per_req_swa} SWA tokens each "
+            f"(+{chunk_reserve_tokens} for prefill chunks); {basis}; {cells}"
+        )
     # Round up to 1/1000 so rounding never leaves the SWA side short.
-    ratio = min(1.0, math.ceil(raw * 1000.0) / 1000.0)
-    ratio = max(ratio, 0.001)
-    reason = (
-        f"{request_tokens}-token requests hold {per_req_swa} SWA tokens each "
-        f"(+{chunk_reserve_tokens} for prefill chunks); {basis}; full cell "
-        f"{geometry.full_cell} B/token, SWA cell {geometry.swa_cell} B/token"
-    )
+    ratio = max(0.001, min(1.0, math.ceil(raw * 1000.0) / 1000.0))
     return RatioChoice(ratio, reason, concurrency)
 
 
@@ -483,13 +532,6 @@ def plan_from_server_args(
     tp = max(1, int(getattr(cfg, "tp_size", 1) or 1))
 
     request_tokens, source = expected_request_tokens(cfg)
-    if request_tokens is None:
-        return RatioChoice(
-            None,
-            "no expected request length declared (set "
-            f"{EXPECTED_REQUEST_TOKENS_ENV} or --context-length); keeping sglang's "
-            f"default {UPSTREAM_DEFAULT_RATIO}",
-        )
 
     kv_bytes = kv_dtype_bytes(getattr(cfg, "kv_cache_dtype", "auto"))
     full_per_layer = int(
@@ -568,9 +610,13 @@ def plan_from_server_args(
         swa_tokens_per_req=w,
         chunk_reserve_tokens=chunk_reserve,
         kv_budget_bytes=budget,
+        max_running_requests=max_running,
         fallback_concurrency=max_running or FALLBACK_CONCURRENCY,
     )
-    prefix = f"expected request {request_tokens} tokens (from {source})"
+    if request_tokens is None:
+        prefix = "no expected request length declared"
+    else:
+        prefix = f"expected request {request_tokens} tokens (from {source})"
     if spec is not None:
         prefix += f", {draft_tokens} draft tokens x eviction interval {eviction_interval}"
     return RatioChoice(choice.ratio, f"{prefix}: {choice.reason}", choice.expected_concurrency)
