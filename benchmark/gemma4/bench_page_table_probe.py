@@ -296,8 +296,25 @@ def main() -> None:
         ptp._scan_rows(x, starts, lens, 4990 - trial, True, use_triton=False)
         ptp._scan_rows(y, starts, lens, 4990 - trial, True)
         agree &= torch.equal(x, y)
+    # The whole probe, fused Triton path against the torch path.
+    for trial in range(3):
+        t = torch.randint(0, 3000, (64, 4096), generator=g, dtype=torch.int32).to(device)
+        sl = torch.randint(0, 4096 * 64, (64,), generator=g).to(device)
+        t[trial * 7, trial * 100] = 3000 + trial
+        t[40, 3] = -1
+        reports = []
+        for use_triton in (False, True):
+            tt = t.clone()
+            pr = PageTableProbe("trtllm_mha", device, 4096, use_triton=use_triton)
+            try:
+                pr.check_paged("full", 5, tt, sl, 64, 3000)
+                pr.synchronize_and_poll()
+                reports.append(("silent", tt.cpu()))
+            except PageTableBoundsError as err:
+                reports.append((str(err), tt.cpu()))
+        agree &= reports[0][0] == reports[1][0] and torch.equal(reports[0][1], reports[1][1])
     checks["scan_kernel_matches_torch_path"] = bool(agree)
-    checks["scan_path"] = "triton" if device == "cuda" and ptp._triton_scan is not None else "torch"
+    checks["probe_path"] = "triton (fused)" if PageTableProbe("x", device, 8).use_triton else "torch"
     print(json.dumps(checks), flush=True)
 
     meta = {

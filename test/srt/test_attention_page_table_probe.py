@@ -158,7 +158,7 @@ def test_dump_window_follows_the_first_bad_entry():
 _INTERPRETER_CHECK = """
 import torch
 from sglang.srt.utils import page_table_probe as m
-assert m._triton_scan is not None
+assert m._triton_scan is not None and m._triton_kernels is not None
 g = torch.Generator().manual_seed(0)
 for rows, n, limit in ((4, 400, 50), (7, 3000, 900), (1, 5, 1)):
     flat = torch.randint(-2, limit + 8, (n,), generator=g, dtype=torch.int32)
@@ -172,12 +172,55 @@ for rows, n, limit in ((4, 400, 50), (7, 3000, 900), (1, 5, 1)):
     m._scan_rows_torch(x, starts, lens, limit, True)
     m._scan_rows(y, starts, lens, limit, True, use_triton=True)
     assert torch.equal(x, y)
+
+
+def run(use_triton, case):
+    probe = m.PageTableProbe("trtllm_mha", "cpu", 300, use_triton=use_triton)
+    assert probe.use_triton == use_triton
+    args = case()
+    try:
+        if args[0] == "paged":
+            probe.check_paged("full", 5, *args[1:])
+        else:
+            probe.check_ragged("swa", 0, *args[1:])
+        probe.synchronize_and_poll()
+        return ("silent", args[1].tolist())
+    except m.PageTableBoundsError as err:
+        return (str(err), err.dump, args[1].tolist())
+
+
+def dense():
+    g = torch.Generator().manual_seed(1)
+    t = torch.randint(0, 100, (9, 300), generator=g, dtype=torch.int32)
+    seq = torch.randint(0, 1200, (9,), generator=g)
+    t[3, 200], t[5, 10], t[6, 299], t[7, :], seq[7] = 100, -4, 500, 999, 0
+    return ("paged", t, seq, 4, 100)
+
+
+def clean():
+    t = torch.full((3, 50), 10**6, dtype=torch.int32)
+    t[:, :5] = 7
+    return ("paged", t, torch.tensor([17, 20, 1]), 4, 8)
+
+
+def ragged():
+    g = torch.Generator().manual_seed(2)
+    idx = torch.randint(0, 50, (400,), generator=g)
+    idx[120], idx[260], idx[395] = 50, 77, 999
+    return ("ragged", idx, torch.tensor([0, 100, 100, 250, 390], dtype=torch.int32), 50)
+
+
+for case in (dense, clean, ragged):
+    a, b = run(False, case), run(True, case)
+    assert a == b, (case.__name__, a, b)
+    assert (a[0] == "silent") == (case is clean)
 print("ok")
 """
 
 
 def test_triton_scan_kernel_matches_torch_path_in_interpreter():
-    """CPU twin of the CUDA path: the Triton scan kernel under TRITON_INTERPRET."""
+    """CPU twin of the CUDA path: the probe's Triton kernels under TRITON_INTERPRET
+    give the torch path's reports, dumps and neutralised tables."""
     env = dict(os.environ, TRITON_INTERPRET="1")
     proc = subprocess.run(
         [sys.executable, "-c", _INTERPRETER_CHECK],

@@ -111,7 +111,13 @@ class _Site:
 class PageTableProbe:
     """Bounds probe for one attention backend instance (see module docstring)."""
 
-    def __init__(self, backend: str, device: Any, max_row_entries: int):
+    def __init__(
+        self,
+        backend: str,
+        device: Any,
+        max_row_entries: int,
+        use_triton: Optional[bool] = None,
+    ):
         if not backend:
             raise ValueError("PageTableProbe needs a backend name")
         if max_row_entries is None or int(max_row_entries) <= 0:
@@ -123,6 +129,10 @@ class PageTableProbe:
         self.device = torch.device(device)
         self.max_row_entries = int(max_row_entries)
         self.dump_width = min(DUMP_WINDOW, self.max_row_entries)
+        # Two fused Triton launches per check on CUDA; the torch path elsewhere.
+        if use_triton is None:
+            use_triton = self.device.type == "cuda"
+        self.use_triton = bool(use_triton) and _triton_kernels is not None
         self._lock = threading.Lock()
         self._raised = False
         pin = self.device.type == "cuda"
@@ -193,14 +203,25 @@ class PageTableProbe:
         if rows == 0 or width == 0:
             return
         table = page_table[:rows]
-        seq = seq_lens[:rows].to(torch.int64)
-        lens = ((seq + (page_size - 1)) // page_size).clamp(0, width)
-        starts = torch.arange(rows, device=table.device) * table.stride(0)
+        if table.stride(1) != 1:
+            raise ValueError(
+                f"page-table probe ({self.backend}): page table rows must be "
+                f"contiguous, got strides {tuple(table.stride())}"
+            )
         self._sites[kind].info = {
             "cache_size": int(cache_size),
             "page_size": int(page_size),
             "layout": "paged",
         }
+        if self.use_triton:
+            self._check_rows_triton(
+                kind, table, seq_lens[:rows], False, rows, cache_size, page_size,
+                width, table.stride(0),
+            )
+            return
+        seq = seq_lens[:rows].to(torch.int64)
+        lens = ((seq + (page_size - 1)) // page_size).clamp(0, width)
+        starts = torch.arange(rows, device=table.device) * table.stride(0)
         self._check_rows(kind, table, starts, lens, seq, int(cache_size))
 
     def check_ragged(
@@ -226,15 +247,76 @@ class PageTableProbe:
             )
         if indices.numel() == 0:
             return
-        ptr = indptr.to(torch.int64)
-        starts = ptr[:-1]
-        lens = (ptr[1:] - starts).clamp_min(0)
+        if not indices.is_contiguous():
+            raise ValueError(
+                f"page-table probe ({self.backend}): ragged indices must be contiguous"
+            )
         self._sites[kind].info = {
             "cache_size": int(cache_size),
             "page_size": 1,
             "layout": "ragged",
         }
+        if self.use_triton:
+            self._check_rows_triton(
+                kind, indices, indptr, True, indptr.numel() - 1, cache_size, 1, 0, 0
+            )
+            return
+        ptr = indptr.to(torch.int64)
+        starts = ptr[:-1]
+        lens = (ptr[1:] - starts).clamp_min(0)
         self._check_rows(kind, indices, starts, lens, lens, int(cache_size))
+
+    def _check_rows_triton(
+        self,
+        kind: str,
+        values: torch.Tensor,
+        lens_src: torch.Tensor,
+        ragged: bool,
+        rows: int,
+        cache_size: int,
+        page_size: int,
+        width: int,
+        stride_row: int,
+    ) -> None:
+        """CUDA path: one launch scans, dumps and neutralises every row; one
+        single-program launch updates the sticky record; one async copy."""
+        site = self._sites[kind]
+        scan, commit = _triton_kernels
+        dump_wp = _next_pow2(self.dump_width)
+        stats = torch.empty((rows, _STATS), dtype=torch.int64, device=values.device)
+        dump = torch.empty((rows, dump_wp), dtype=torch.int64, device=values.device)
+        scan[(rows,)](
+            values,
+            lens_src,
+            stats,
+            dump,
+            int(cache_size),
+            int(page_size),
+            int(width),
+            int(stride_row),
+            RAGGED=ragged,
+            DUMP_W=self.dump_width,
+            DUMP_WP=dump_wp,
+            BLOCK=1024,
+            num_warps=4,
+        )
+        commit[(1,)](
+            stats,
+            dump,
+            rows,
+            site.record,
+            site.dump_rows,
+            site.dump_seq,
+            site.dump_lo,
+            site.dump_entries,
+            DUMP_W=self.dump_width,
+            DUMP_WP=dump_wp,
+            K=DUMP_ROWS,
+            BLOCK_R=64,
+            num_warps=4,
+        )
+        site.host.copy_(site.record, non_blocking=site.host.is_pinned())
+        self.poll()
 
     def _check_rows(
         self,
@@ -481,7 +563,14 @@ def _scan_rows(flat, starts, lens, cache_size, sanitize, use_triton=None):
     return _scan_rows_torch(flat, starts, lens, cache_size, sanitize)
 
 
-def _make_triton_scan():
+_STATS = 5  # per row: first bad entry, bad count, first bad value, seq_len, dump start
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _make_triton_kernels():
     try:
         import triton
         import triton.language as tl
@@ -489,18 +578,13 @@ def _make_triton_scan():
         return None
 
     @triton.jit
-    def _page_table_scan_kernel(
-        flat_ptr,
-        starts_ptr,
-        lens_ptr,
-        out_ptr,
-        rows,
-        cache_size,
-        SANITIZE: tl.constexpr,
+    def _scan_rows_kernel(
+        flat_ptr, start_ptr, lens_ptr, out_ptr, rows, cache_size, SANITIZE: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
+        # Row-wise scan of (start, len) rows; used by _scan_rows (tests, checks).
         row = tl.program_id(0)
-        start = tl.load(starts_ptr + row).to(tl.int64)
+        start = tl.load(start_ptr + row).to(tl.int64)
         n = tl.load(lens_ptr + row).to(tl.int64)
         first = n
         count = tl.zeros((), dtype=tl.int64)
@@ -523,10 +607,122 @@ def _make_triton_scan():
             tl.store(out_ptr + rows + row, count)
             tl.store(out_ptr + 2 * rows + row, first_val)
 
-    return _page_table_scan_kernel
+    @triton.jit
+    def _probe_scan_kernel(
+        flat_ptr,
+        lens_src_ptr,
+        stats_ptr,
+        dump_ptr,
+        cache_size,
+        page_size,
+        width,
+        stride_row,
+        RAGGED: tl.constexpr,
+        DUMP_W: tl.constexpr,
+        DUMP_WP: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
+        """One program per row: find the first out-of-range live entry and the
+        count, save a window of the row, then set the bad entries to 0."""
+        row = tl.program_id(0).to(tl.int64)
+        if RAGGED:
+            start = tl.load(lens_src_ptr + row).to(tl.int64)
+            n = tl.maximum(tl.load(lens_src_ptr + row + 1).to(tl.int64) - start, 0)
+            seq = n
+        else:
+            seq = tl.load(lens_src_ptr + row).to(tl.int64)
+            start = row * stride_row
+            n = tl.minimum(tl.maximum((seq + page_size - 1) // page_size, 0), width)
+        first = n
+        count = tl.zeros((), dtype=tl.int64)
+        first_val = tl.zeros((), dtype=tl.int64)
+        for off in range(0, n, BLOCK):
+            cols = off + tl.arange(0, BLOCK).to(tl.int64)
+            live = cols < n
+            v = tl.load(flat_ptr + start + cols, mask=live, other=0)
+            bad = live & ((v < 0) | (v >= cache_size))
+            col = tl.min(tl.where(bad, cols, n), axis=0)
+            val = tl.sum(tl.where(bad & (cols == col), v.to(tl.int64), 0), axis=0)
+            first_val = tl.where(col < first, val, first_val)
+            first = tl.minimum(first, col)
+            count += tl.sum(bad.to(tl.int64), axis=0)
+        lo = tl.maximum(first - DUMP_W // 4, 0)
+        tl.store(stats_ptr + row * 5 + 0, first)
+        tl.store(stats_ptr + row * 5 + 1, count)
+        tl.store(stats_ptr + row * 5 + 2, first_val)
+        tl.store(stats_ptr + row * 5 + 3, seq)
+        tl.store(stats_ptr + row * 5 + 4, lo)
+        if count > 0:
+            e = tl.arange(0, DUMP_WP).to(tl.int64)
+            w = lo + e
+            wl = (w < n) & (e < DUMP_W)
+            window = tl.load(flat_ptr + start + w, mask=wl, other=0).to(tl.int64)
+            tl.store(dump_ptr + row * DUMP_WP + e, tl.where(wl, window, -1))
+            for off in range(0, n, BLOCK):
+                cols = off + tl.arange(0, BLOCK).to(tl.int64)
+                live = cols < n
+                v = tl.load(flat_ptr + start + cols, mask=live, other=0)
+                bad = live & ((v < 0) | (v >= cache_size))
+                tl.store(flat_ptr + start + cols, tl.zeros_like(v), mask=bad)
+
+    @triton.jit
+    def _probe_commit_kernel(
+        stats_ptr,
+        dump_ptr,
+        rows,
+        record_ptr,
+        dump_rows_ptr,
+        dump_seq_ptr,
+        dump_lo_ptr,
+        dump_entries_ptr,
+        DUMP_W: tl.constexpr,
+        DUMP_WP: tl.constexpr,
+        K: tl.constexpr,
+        BLOCK_R: tl.constexpr,
+    ):
+        """Single program: if the sticky record is clear and some row is bad,
+        keep the first K bad rows' windows and write the record."""
+        tripped = tl.load(record_ptr)
+        if tripped == 0:
+            found = tl.zeros((), dtype=tl.int64)
+            first_row = tl.zeros((), dtype=tl.int64) + rows
+            e = tl.arange(0, DUMP_WP).to(tl.int64)
+            for off in range(0, rows, BLOCK_R):
+                r = off + tl.arange(0, BLOCK_R).to(tl.int64)
+                m = r < rows
+                cnt = tl.load(stats_ptr + r * 5 + 1, mask=m, other=0)
+                bad = m & (cnt > 0)
+                bi = bad.to(tl.int64)
+                pos = found + tl.cumsum(bi, 0) - 1
+                sel = bad & (pos < K)
+                tl.store(dump_rows_ptr + pos, r, mask=sel)
+                tl.store(
+                    dump_seq_ptr + pos, tl.load(stats_ptr + r * 5 + 3, mask=sel, other=0),
+                    mask=sel,
+                )
+                tl.store(
+                    dump_lo_ptr + pos, tl.load(stats_ptr + r * 5 + 4, mask=sel, other=0),
+                    mask=sel,
+                )
+                m2 = sel[:, None] & (e[None, :] < DUMP_W)
+                src = tl.load(dump_ptr + r[:, None] * DUMP_WP + e[None, :], mask=m2, other=-1)
+                tl.store(dump_entries_ptr + pos[:, None] * DUMP_W + e[None, :], src, mask=m2)
+                found += tl.sum(bi, axis=0)
+                first_row = tl.minimum(first_row, tl.min(tl.where(bad, r, rows), axis=0))
+            if found > 0:
+                tl.store(record_ptr + 1, first_row)
+                tl.store(record_ptr + 2, tl.load(stats_ptr + first_row * 5 + 0))
+                tl.store(record_ptr + 3, tl.load(stats_ptr + first_row * 5 + 2))
+                tl.store(record_ptr + 4, tl.load(stats_ptr + first_row * 5 + 3))
+                tl.store(record_ptr + 5, found)
+                tl.store(record_ptr, found * 0 + 1)
+
+    return _scan_rows_kernel, _probe_scan_kernel, _probe_commit_kernel
 
 
-_triton_scan = _make_triton_scan()
+_kernels = _make_triton_kernels()
+_triton_scan = _kernels[0] if _kernels is not None else None
+_triton_kernels = _kernels[1:] if _kernels is not None else None
 
 
 def cache_entries(buffer: torch.Tensor, page_size: int, unit: str) -> int:
