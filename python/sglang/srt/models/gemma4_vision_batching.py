@@ -295,8 +295,8 @@ def encoder_bytes_per_token(
       * ``attention_len`` > 0 adds float32 scores of a non-fused attention
         kernel over that many keys (the sdpa math path on CPU).
     """
-    a = act_dtype.itemsize if hasattr(act_dtype, "itemsize") else torch.finfo(act_dtype).bits // 8
-    p = pixel_dtype.itemsize if hasattr(pixel_dtype, "itemsize") else 4
+    a = act_dtype.itemsize
+    p = pixel_dtype.itemsize
     d = vision_config.hidden_size
     hd = vision_config.head_dim
     attn_w = vision_config.num_attention_heads * hd
@@ -478,24 +478,21 @@ def encode_segments(
         act_dtype=dtype,
         pixel_dtype=pixel_dtype,
     )
-    token_start = []
-    t = 0
-    for s in segments:
-        token_start.append(t)
-        t += s.num_tokens
-    pooled = None
-    for chunk in chunks:
-        segs = [segments[i] for i in chunk]
-        out = _encode_chunk(vision_tower, segs, varlen=varlen, device=device)
-        if pooled is None and len(chunks) == 1 and chunk == list(range(len(segments))):
-            pooled = out
-            break
-        if pooled is None:
-            pooled = out.new_empty(t, out.shape[-1])
-        o = 0
-        for i, s in zip(chunk, segs):
-            pooled[token_start[i] : token_start[i] + s.num_tokens] = out[o : o + s.num_tokens]
-            o += s.num_tokens
+    outs = [
+        _encode_chunk(vision_tower, [segments[i] for i in chunk], varlen=varlen, device=device)
+        for chunk in chunks
+    ]
+    pooled = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+    order = [i for chunk in chunks for i in chunk]
+    if order != sorted(order):
+        # rows are in chunk order (grouped by length): put them back in segment order
+        start = [0]
+        for s in segments:
+            start.append(start[-1] + s.num_tokens)
+        rows = torch.cat([torch.arange(start[i], start[i + 1]) for i in order])
+        restored = torch.empty_like(pooled)
+        restored[rows.to(device)] = pooled
+        pooled = restored
     # transformers scales and standardizes in float32, then casts back
     pooled = pooled.float() * vision_tower.pooler.root_hidden_size
     if getattr(vision_tower, "standardize", False):
