@@ -92,7 +92,6 @@ def position_embeddings(
 class VisionSegment:
     """One image or one video frame to encode."""
 
-    item: int  # index of the item it belongs to
     pixels: torch.Tensor  # [P, patch_pixels], wherever the caller put it
     valid_rows: Optional[torch.Tensor]  # CPU int64 rows of valid patches; None = prefix
     positions: torch.Tensor  # [n, 2] CPU int64 positions of the valid patches
@@ -111,10 +110,6 @@ class VisionBatchPlan:
     segments: List[VisionSegment] = field(default_factory=list)
     # per item, in order: ("embeds", tensor) or ("segments", first, stop)
     pieces: List[List[tuple]] = field(default_factory=list)
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(s.num_tokens for s in self.segments)
 
 
 def _flatten(value) -> list:
@@ -188,7 +183,7 @@ def plan_items(
     """Validate ``items`` and split them into per-image / per-frame segments.
 
     ``kind`` is "image" (pixel tensors ``[P, C]`` or ``[N, P, C]``) or "video"
-    (``[F, P, C]`` or ``[V, F, P, C]``).  A 2-D or 3-D tensor whose last
+    (``[F, P, C]`` or ``[V, F, P, C]``; a single ``[P, C]`` frame too).  A 2-D or 3-D tensor whose last
     dimension is ``text_hidden_size`` is a precomputed embedding and is passed
     through.  Every problem of every item is reported in one ``ValueError``;
     nothing is encoded when any item is malformed.
@@ -249,7 +244,7 @@ def plan_items(
                         table_size=position_table_size,
                         where=sub,
                     )
-                    plan.segments.append(VisionSegment(item_idx, pv3[j], rows, pos, tok, ntok))
+                    plan.segments.append(VisionSegment(pv3[j], rows, pos, tok, ntok))
                 pieces.append(("segments", first, len(plan.segments)))
             except ValueError as exc:
                 problems.append(str(exc))
