@@ -119,7 +119,9 @@ LAYOUTS = {
     "0.8 + no draft rows": (True, False),
     "0.8 + no shared buffers": (False, True),
     "0.8 + both pool fixes": (True, True),
+    "series, no declared length": (True, True),
 }
+UNDECLARED = "series, no declared length"
 ROBUSTNESS_SCALES = (0.9, 1.1)
 ATTRIBUTION = ["0.8 + no draft rows", "0.8 + no shared buffers", "0.8 + both pool fixes"]
 
@@ -249,15 +251,15 @@ def plan_cell(
         "--skip-tokenizer-init",
         "--load-format",
         "dummy",
-        "--context-length",
-        str(request_tokens),
     ]
+    if policy != UNDECLARED:
+        args += ["--context-length", str(request_tokens)]
     if mtp:
         if assistant_dir is None:
             raise ValueError(f"no assistant config for {variant_dir}")
         args += MTP_ARGS + ["--speculative-draft-model-path", assistant_dir]
     hf_probe = None
-    if policy != "series":
+    if policy not in ("series", UNDECLARED):
         if policy != "reference":
             ratio = sizing.UPSTREAM_DEFAULT_RATIO
         else:
@@ -451,6 +453,44 @@ def _attribution_md(rows: List[Dict[str, Any]], attribution: List[Dict[str, Any]
     return out
 
 
+def _undeclared_md(rows: List[Dict[str, Any]], undeclared: List[Dict[str, Any]]) -> List[str]:
+    out = ["## The series when the deployment declares no request length\n"]
+    out.append(
+        "Same cells, launched without --context-length or SGLANG_GEMMA4_EXPECTED_REQUEST_TOKENS: "
+        "the series keeps 0.8 unless a request cap (FROZEN_KV MTP's 48) sizes the SWA pool. "
+        "Cells: requests for upstream / series without a declared length (ratio used).\n"
+    )
+    gpus = list(GPUS)
+    out.append("| variant | workload | MTP | " + " | ".join(gpus) + " |")
+    out.append("|" + "---|" * (3 + len(gpus)))
+    by = {(r["variant"], r["gpu"], r["workload"], r["mtp"]): r for r in undeclared}
+    up = {
+        (r["variant"], r["gpu"], r["workload"], r["mtp"]): r
+        for r in rows
+        if r["policy"] == "upstream"
+    }
+    for variant in [VARIANT_NAMES[v] for v in VARIANTS]:
+        for workload in WORKLOADS:
+            for mtp in (False, True):
+                parts = []
+                for gpu in gpus:
+                    k = (variant, gpu, workload, mtp)
+                    if k not in by or k not in up:
+                        parts.append("n/a")
+                        continue
+                    parts.append(
+                        f"{up[k]['requests']} / {by[k]['requests']} (r={by[k]['ratio']:.3f})"
+                    )
+                if any(p != "n/a" for p in parts):
+                    out.append(
+                        f"| {variant} | {workload} | {'on' if mtp else 'off'} | "
+                        + " | ".join(parts)
+                        + " |"
+                    )
+    out.append("")
+    return out
+
+
 def _robustness_md(robustness: List[Dict[str, Any]]) -> List[str]:
     out = ["## When the real budget differs from the estimate\n"]
     out.append(
@@ -494,6 +534,7 @@ def _markdown(
     meta: Dict[str, Any],
     attribution: Optional[List[Dict[str, Any]]] = None,
     robustness: Optional[List[Dict[str, Any]]] = None,
+    undeclared: Optional[List[Dict[str, Any]]] = None,
 ) -> str:
     def key(r):
         return (r["variant"], r["gpu"], r["workload"], r["mtp"])
@@ -549,6 +590,8 @@ def _markdown(
     )
     if attribution:
         out.extend(_attribution_md(rows, attribution))
+    if undeclared:
+        out.extend(_undeclared_md(rows, undeclared))
     if robustness:
         out.extend(_robustness_md(robustness))
     out.append("## Pool sizes per cell\n")
@@ -659,6 +702,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     t0 = time.time()
     rows: List[Dict[str, Any]] = []
     attribution: List[Dict[str, Any]] = []
+    undeclared: List[Dict[str, Any]] = []
     sources = set()
     for variant in ns.variants:
         vdir = _find_config_dir(roots, variant, assistant=False)
@@ -673,7 +717,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 for mtp in (False, True):
                     if mtp and adir is None:
                         continue
-                    extra = ATTRIBUTION if workload == ns.workloads[0] else []
+                    extra = [UNDECLARED]
+                    extra += ATTRIBUTION if workload == ns.workloads[0] else []
                     for policy in POLICIES + extra:
                         row = plan_cell(
                             variant_dir=vdir,
@@ -683,7 +728,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                             mtp=mtp,
                             policy=policy,
                         )
-                        (rows if policy in POLICIES else attribution).append(row)
+                        if policy in POLICIES:
+                            rows.append(row)
+                        elif policy == UNDECLARED:
+                            undeclared.append(row)
+                        else:
+                            attribution.append(row)
                         print(
                             f"{row['variant']:8s} {gpu:11s} {workload:20s} mtp={'on ' if mtp else 'off'} "
                             f"{policy:9s} r={row['ratio']:.3f} full={row['full_tokens']:>8d} "
@@ -770,13 +820,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                 "meta": meta,
                 "rows": rows,
                 "pool_fix_attribution": attribution,
+                "series_no_declared_length": undeclared,
                 "budget_robustness": [{k: r.get(k) for k in keep} for r in robustness],
             },
             f,
             indent=1,
         )
     with open(os.path.join(ns.out, f"{ns.name}.md"), "w") as f:
-        f.write(_markdown(rows, meta, attribution, robustness))
+        f.write(_markdown(rows, meta, attribution, robustness, undeclared))
     if not ns.no_chart:
         _chart(rows, os.path.join(ns.out, f"{ns.name}.png"))
     print(

@@ -454,7 +454,19 @@ def test_mtp_request_cap_sizes_the_swa_pool(geo, declared):
     need = compute_swa_request_cap(
         page_size=1, window=1023, attn_dp_size=1, max_running_requests=48
     )
-    assert need <= swa <= 1.2 * need
+    # Headroom x1.15, plus one cached prefix tail (window + page) per running request.
+    assert need <= swa <= 1.2 * need + 48 * (1023 + 1)
+    # --swa-prefix-tails is honoured: no tails, a smaller SWA pool.
+    no_tails = _resolve(
+        geo["26b"],
+        *extra,
+        "--swa-prefix-tails",
+        "0",
+        *_mtp_args(geo["26b_assistant"]),
+        mib=B200_MIB,
+    )
+    _, swa0, _, _ = _pools(no_tails, budget, mib=B200_MIB)
+    assert need <= swa0 <= 1.2 * need < swa
     assert kvc.resolve_max_num_reqs(full) == 48
     assert full >= 48 * 9000
     # On an 80 GB card the cap's SWA rows do not fit: sglang's default stays.

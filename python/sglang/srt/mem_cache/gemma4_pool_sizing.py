@@ -166,6 +166,7 @@ def balanced_swa_full_tokens_ratio(
     chunk_reserve_tokens: int,
     kv_budget_bytes: Optional[int],
     max_running_requests: Optional[int] = None,
+    prefix_tail_tokens: int = 0,
     fallback_concurrency: int = FALLBACK_CONCURRENCY,
 ) -> RatioChoice:
     """The split at which the full and SWA pools run out at the same concurrency.
@@ -179,6 +180,9 @@ def balanced_swa_full_tokens_ratio(
     allows (or no request length is known), the SWA pool is sized for exactly
     that many requests and everything else goes to the full pool: SWA rows past
     the cap can never be used by running requests, full rows serve longer ones.
+    ``prefix_tail_tokens`` more SWA rows keep cached prefixes reusable there (the
+    radix cache needs a prefix's last window in the SWA pool), as far as they fit
+    without shrinking the full pool below the cap's need for known lengths.
 
     The ratio is None (keep sglang's default) when there is nothing to size for,
     or the budget cannot hold the sized requests at any split.
@@ -212,6 +216,13 @@ def balanced_swa_full_tokens_ratio(
     capped = capped and (concurrency is None or concurrency > max_running_requests)
     if capped:
         swa_tokens = (per_req_swa * max_running_requests + chunk_reserve_tokens) * CAP_HEADROOM
+        tails = max(0, prefix_tail_tokens)
+        if request_tokens is not None and tails:
+            # Keep the full pool at the cap's need (with the same headroom).
+            full_need = max_running_requests * request_tokens * CAP_HEADROOM
+            spare = (kv_budget_bytes - full_need * geometry.full_cell) / geometry.swa_cell
+            tails = int(max(0, min(tails, spare - swa_tokens)))
+        swa_tokens += tails
         full_tokens = (kv_budget_bytes - swa_tokens * geometry.swa_cell) / geometry.full_cell
         if full_tokens < swa_tokens:
             return RatioChoice(
@@ -226,7 +237,7 @@ def balanced_swa_full_tokens_ratio(
         reason = (
             f"SWA pool sized for the {max_running_requests}-request cap ({length}requests hold "
             f"{per_req_swa} SWA tokens each, +{chunk_reserve_tokens} for prefill chunks, "
-            f"x{CAP_HEADROOM} headroom), "
+            f"x{CAP_HEADROOM} headroom, +{tails} for cached prefix tails), "
             f"the rest of the KV budget {kv_budget_bytes / gib:.2f} GiB to the full pool; {cells}"
         )
         concurrency = float(max_running_requests)
@@ -585,6 +596,12 @@ def plan_from_server_args(
         eviction_interval=eviction_interval,
         decode_alloc=decode_alloc,
     )
+    # Cached prefixes the radix cache keeps reusable in the SWA pool: the user's
+    # --swa-prefix-tails, else one per running request (none without a radix cache).
+    prefix_tails = getattr(cfg, "swa_prefix_tails", None)
+    if prefix_tails is None:
+        radix = not getattr(cfg, "disable_radix_cache", False)
+        prefix_tails = (max_running or 0) if radix else 0
     chunk = int(getattr(cfg, "chunked_prefill_size", None) or 0)
     chunks_in_flight = 1 if getattr(cfg, "disable_overlap_schedule", False) else 2
     chunk_reserve = chunks_in_flight * max(chunk, 0) + page_size
@@ -611,6 +628,7 @@ def plan_from_server_args(
         chunk_reserve_tokens=chunk_reserve,
         kv_budget_bytes=budget,
         max_running_requests=max_running,
+        prefix_tail_tokens=prefix_tails * (window + page_size),
         fallback_concurrency=max_running or FALLBACK_CONCURRENCY,
     )
     if request_tokens is None:
