@@ -168,9 +168,10 @@ def main() -> None:
         q_full = torch.randn(bs, hq, geo["full_dim"], dtype=dt, device=device)
         q_swa = torch.randn(bs, hq, geo["swa_dim"], dtype=dt, device=device)
         o_full, o_swa = torch.empty_like(q_full), torch.empty_like(q_swa)
-        logits_full = torch.empty(bs, hq, splits, geo["full_dim"], dtype=torch.float32, device=device)
-        logits_swa = torch.empty(bs, hq, splits, geo["swa_dim"], dtype=torch.float32, device=device)
-        lse = torch.empty(bs, hq, splits, dtype=torch.float32, device=device)
+        f32 = dict(dtype=torch.float32, device=device)
+        logits_full = torch.empty(bs, hq, splits, geo["full_dim"], **f32)
+        logits_swa = torch.empty(bs, hq, splits, geo["swa_dim"], **f32)
+        lse = torch.empty(bs, hq, splits, **f32)
         nsplits = torch.full((bs,), splits, dtype=torch.int32, device=device)
 
         def attention():
@@ -235,8 +236,9 @@ def main() -> None:
                 call()
                 attention()
 
-            row["attention_plus_probe_graph_us"] = median(time_graph, both, max(2, args.replays // 10))
-            row["ratio_on_over_off"] = row["attention_plus_probe_graph_us"] / row["attention_graph_us"]
+            on = median(time_graph, both, max(2, args.replays // 10))
+            row["attention_plus_probe_graph_us"] = on
+            row["ratio_on_over_off"] = on / row["attention_graph_us"]
             row["attention_eager_us"] = attn_eager
             row["attention_plus_probe_eager_us"] = median(time_eager, both, 3)
             row["ratio_on_over_off_eager"] = (
@@ -314,14 +316,17 @@ def main() -> None:
                 reports.append((str(err), tt.cpu()))
         agree &= reports[0][0] == reports[1][0] and torch.equal(reports[0][1], reports[1][1])
     checks["scan_kernel_matches_torch_path"] = bool(agree)
-    checks["probe_path"] = "triton (fused)" if PageTableProbe("x", device, 8).use_triton else "torch"
+    fused = PageTableProbe("x", device, 8).use_triton
+    checks["probe_path"] = "triton (fused)" if fused else "torch"
     print(json.dumps(checks), flush=True)
 
     meta = {
         "benchmark": "bench_page_table_probe",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": _git_commit(),
-        "device": torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu",
+        "device": (
+            torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu"
+        ),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "small": args.small,
