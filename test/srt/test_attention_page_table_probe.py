@@ -378,3 +378,33 @@ def test_triton_forward_decode_probe(engine_env, monkeypatch):
         f"request_row=1 entry=1 bad_index={size_swa_rows} not in [0, {size_swa_rows}) "
         "(seq_len=3, page_size=1, offending_rows=1)"
     )
+
+
+def test_probe_turns_the_frozen_kv_swa_bug_into_an_error(engine_env, monkeypatch):
+    """The 0.5.23 fa4 FROZEN_KV draft bug pattern: an SWA layer handed the
+    full-pool table reads past the SWA cache. The probe names it."""
+    import test_attention_swa_pool_resolver as helpers
+
+    from sglang.srt.speculative.frozen_kv_mtp_utils import target_kv_pool_view
+
+    monkeypatch.setenv("SGLANG_ENABLE_ASYNC_ASSERT", "1")
+    target, allocator, draft_pool = helpers._pools(64)  # full 16 pages, SWA 8
+    runner = helpers._runner(
+        engine_env, draft_pool, allocator, 64, draft=True, algorithm="FROZEN_KV_MTP",
+        backend="fa4",
+    )
+    backend = helpers._build(engine_env, "fa4", runner)
+    swa_layer, _ = _layers()
+    seq = torch.tensor([12 * 64], dtype=torch.int32)
+    full_table = torch.arange(1, 17, dtype=torch.int32).view(1, 16)  # full-pool pages
+    view = target_kv_pool_view(
+        types.SimpleNamespace(), types.SimpleNamespace(target_token_to_kv_pool=target), backend
+    )
+    with view, pytest.raises(PageTableBoundsError) as err:
+        backend._page_table_probe.check_layer_paged(
+            swa_layer, full_table, seq, 64, backend.token_to_kv_pool
+        )
+    assert str(err.value).splitlines()[0] == (
+        "page-table bounds probe: backend=fa4 layer_kind=swa layer=0 request_row=0 "
+        "entry=8 bad_index=9 not in [0, 9) (seq_len=768, page_size=64, offending_rows=1)"
+    )
