@@ -22,7 +22,7 @@ TILED = "sglang.kernels.ops.moe.gemma4_routing_tiled"
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Launch shapes (block_t, num_warps, chunks) that choose_launch_shape can return, plus others.
-FORCED_SHAPES = ((1, 1, 1), (4, 1, 2), (32, 4, 4), (2, 1, 1), (8, 1, 4), (16, 2, 2), (64, 8, 4))
+FORCED_SHAPES = ((1, 1, 1), (8, 4, 1), (8, 1, 4), (4, 1, 2), (32, 4, 4), (2, 1, 1), (16, 2, 2))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -151,9 +151,9 @@ def test_matches_reference_cpu(interp, dtype, num_experts, topk, num_tokens):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_large_batch_cpu(interp, dtype):
-    """T=4096 takes the multi-token launch shape chosen for large T."""
+    """T=4096 takes the multi-token, 4-piece launch shape chosen for large T."""
     routing, tiled = interp
-    assert tiled.choose_launch_shape(4096, 128, 8)[0] > 1
+    assert tiled.choose_launch_shape(4096, 128, 8) == (8, 1, 4)
     x = special_logits(4096, 128, dtype, seed=3)
     s = _scale(128)
     weights, ids = routing.gemma4_fused_routing(x, s, 8)
@@ -179,7 +179,7 @@ def test_every_launch_shape_cpu(interp, shape, dtype):
     "num_experts,topk",
     [(24, 5), (1000, 8), (1000, 20), (64, 64), (128, 17), (3, 3), (1024, 1)],
 )
-@pytest.mark.parametrize("shape", ((1, 1, 1), (4, 1, 2), (32, 4, 4)), ids=lambda s: "bt%d_w%d_c%d" % s)
+@pytest.mark.parametrize("shape", ((1, 1, 1), (8, 4, 1), (8, 1, 4)), ids=lambda s: "bt%d_w%d_c%d" % s)
 def test_odd_expert_counts_and_large_k_cpu(interp, num_experts, topk, shape):
     """E not a power of two (masked lanes), K > 16 (rolled loop), K == E."""
     _, tiled = interp
@@ -230,16 +230,17 @@ def test_ties_pick_lower_ids_first_cpu(interp):
 
 def test_launch_shape_choice():
     tiled = importlib.import_module(TILED)
-    shapes = {t: tiled.choose_launch_shape(t, 128, 8) for t in (1, 64, 512, 513, 4096, 4097, 16384)}
-    assert shapes[1] == shapes[64] == shapes[512] == (1, 1, 1)
-    assert shapes[513][0] > 1 and shapes[4097][0] >= shapes[513][0]
-    assert shapes[16384] == shapes[4097]
-    assert len(set(shapes.values())) == 3
-    for t, (block_t, num_warps, chunks) in shapes.items():
+    shapes = {t: tiled.choose_launch_shape(t, 128, 8) for t in (1, 64, 1024, 1025, 2048, 2049, 4096, 16384)}
+    assert shapes[1] == shapes[64] == shapes[1024] == (1, 1, 1)
+    assert shapes[1025] == shapes[2048] == (8, 4, 1)
+    assert shapes[2049] == shapes[4096] == shapes[16384] == (8, 1, 4)
+    for block_t, num_warps, chunks in shapes.values():
         assert block_t & (block_t - 1) == 0 and num_warps & (num_warps - 1) == 0
-    # Small expert counts fall back to fewer pieces per row: a piece holds >= max(BLOCK_K, 8).
-    assert tiled.choose_launch_shape(16384, 8, 1)[2] == 1
-    assert tiled.choose_launch_shape(16384, 64, 32)[2] == 2
+    # Pieces hold >= max(BLOCK_K, 8) experts; about 32 logits per thread at any E.
+    assert tiled.choose_launch_shape(16384, 8, 1) == (8, 1, 1)
+    assert tiled.choose_launch_shape(16384, 64, 32) == (8, 1, 2)
+    assert tiled.choose_launch_shape(16384, 256, 8) == (4, 1, 4)
+    assert tiled.choose_launch_shape(16384, 1024, 8) == (1, 1, 4)
 
 
 @pytest.mark.parametrize(

@@ -37,13 +37,10 @@ import triton.language as tl
 MAX_EXPERTS = 1024  # the expert id lives in the low 10 bits of a key
 SUPPORTED_LOGIT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
-# Launch shapes, (max tokens, BLOCK_T, num_warps, chunks), first match wins; see
-# choose_launch_shape.
-_LAUNCH_TABLE = (
-    (512, 1, 1, 1),
-    (4096, 4, 1, 2),
-    (None, 32, 4, 4),
-)
+# Token counts up to which the single-token and the two-rows-per-warp launch shapes are used;
+# measured on H100 (benchmark/gemma4/results/routing_h100.md, launch-shape sweep).
+_ONE_TOKEN_MAX = 1024
+_TWO_ROWS_PER_WARP_MAX = 2048
 
 
 @triton.jit
@@ -93,16 +90,19 @@ def _gemma4_routing_tiled_kernel(
     rows_left = (T - first_row).to(tl.int32)
 
     rows = tl.arange(0, BLOCK_T)
-    piece = tl.arange(0, CHUNKS)
-    within = tl.arange(0, W)
-    experts = piece[:, None, None] * W + within[None, None, :]  # [CHUNKS, 1, W]
     row_ok = rows < rows_left
+    # Load the tile as [CHUNKS * BLOCK_T, W]: tile row s holds piece s // BLOCK_T of token
+    # s % BLOCK_T. Triton spreads tile rows over lanes and warps first and wraps the rest into
+    # registers, so when BLOCK_T covers the lanes and warps, the CHUNKS pieces of a token land in
+    # the same thread and a token is reduced over W // (16 bytes) lanes only.
+    sub = tl.arange(0, CHUNKS * BLOCK_T)
+    sub_row = sub % BLOCK_T
+    experts = (sub // BLOCK_T * W)[:, None] + tl.arange(0, W)[None, :]
     col_ok = experts < E
     if EVEN_E:
         col_ok = experts < BLOCK_E  # all true, known at compile time
-
-    ptrs = logits_ptr + rows[None, :, None] * stride_t + experts
-    x = tl.load(ptrs, mask=row_ok[None, :, None] & col_ok, other=0.0)
+    ptrs = logits_ptr + (sub_row * stride_t)[:, None] + experts
+    x = tl.load(ptrs, mask=(sub_row < rows_left)[:, None] & col_ok, other=0.0)
 
     # Key = order-mapped logit bits on top, 1023 - expert id below (lower id wins ties). The map
     # is IEEE totalOrder on the fp32 value: negative values get all bits flipped, others the top
@@ -122,11 +122,13 @@ def _gemma4_routing_tiled_kernel(
         key = ((ordered << 16) | tag).to(tl.uint32, bitcast=True)
         key = tl.where(col_ok, key, 0)
         limit = tl.full([BLOCK_T], 0xFFFFFFFF, tl.uint32)
+    key = tl.reshape(key, [CHUNKS, BLOCK_T, W])
 
     # acc[t, j] = key chosen in round j. With the rounds unrolled, column j of a thread's copy is
     # a fixed register, so filling it costs nothing.
     slot = tl.arange(0, BLOCK_K)
     acc = tl.zeros([BLOCK_T, BLOCK_K], dtype=key.dtype)
+    scale_acc = tl.zeros([BLOCK_T, BLOCK_K], dtype=tl.float32)
 
     # Round j picks the largest key <= limit: limit - key wraps to a huge value for keys above the
     # limit, so the smallest difference belongs to the wanted key. Keys are unique, so the next
@@ -136,6 +138,9 @@ def _gemma4_routing_tiled_kernel(
             gap = limit[None, :, None] - key
             best = limit - tl.min(tl.min(gap, axis=0), axis=1)
             acc = tl.where(slot[None, :] == j, best[:, None], acc)
+            # Fetch the expert's scale now, so its latency hides behind the next rounds.
+            scale_j = tl.load(scale_ptr + (1023 - (best & 1023)).to(tl.int32)).to(tl.float32)
+            scale_acc = tl.where(slot[None, :] == j, scale_j[:, None], scale_acc)
             if j == 0:
                 top_key = best
             limit = best - 1
@@ -145,6 +150,8 @@ def _gemma4_routing_tiled_kernel(
             gap = limit[None, :, None] - key
             best = limit - tl.min(tl.min(gap, axis=0), axis=1)
             acc = tl.where(slot[None, :] == j, best[:, None], acc)
+            scale_j = tl.load(scale_ptr + (1023 - (best & 1023)).to(tl.int32)).to(tl.float32)
+            scale_acc = tl.where(slot[None, :] == j, scale_j[:, None], scale_acc)
             top_key = tl.where(j == 0, best, top_key)
             limit = best - 1
 
@@ -159,8 +166,7 @@ def _gemma4_routing_tiled_kernel(
     weights = ex / denom[:, None]
 
     out_mask = row_ok[:, None] & is_top
-    scale = tl.load(scale_ptr + ids, mask=out_mask, other=1.0).to(tl.float32)
-    weights = weights * scale
+    weights = weights * scale_acc
 
     out_off = rows[:, None] * K + slot[None, :]
     tl.store(weights_ptr + out_off, weights, mask=out_mask)
@@ -170,19 +176,24 @@ def _gemma4_routing_tiled_kernel(
 def choose_launch_shape(num_tokens: int, num_experts: int, topk: int) -> tuple[int, int, int]:
     """(BLOCK_T, num_warps, chunks) for a batch of ``num_tokens`` tokens.
 
-    Up to a few hundred tokens the kernel is latency-bound: one single-warp program per token, the
-    row spread over the 32 lanes (one warp-wide reduction per round), is the shortest path. Larger
-    batches put several tokens in a program and load each row as 4 pieces held by the same lanes,
-    so a row spans fewer lanes and a round needs fewer shuffles; neighbouring rows interleave.
+    * up to 1024 tokens: one token per single-warp program. The row spans the 32 lanes and each
+      selection round is one warp-wide reduction, the shortest path per token;
+    * up to 2048 tokens: 8 tokens per 4-warp program, a row over 16 lanes (more warps in flight);
+    * beyond: each row loaded as 4 pieces held by the same lanes (8 tokens per warp for E=128),
+      so a round reduces over 4 lanes: the fewest instructions per token.
     """
+    if num_tokens <= _ONE_TOKEN_MAX:
+        return 1, 1, 1
+    if num_tokens <= _TWO_ROWS_PER_WARP_MAX:
+        return 8, 4, 1
     block_e = triton.next_power_of_2(num_experts)
     block_k = triton.next_power_of_2(topk)
-    for max_tokens, block_t, num_warps, chunks in _LAUNCH_TABLE:
-        if max_tokens is None or num_tokens <= max_tokens:
-            while chunks > 1 and block_e // chunks < max(block_k, 8):
-                chunks //= 2
-            return block_t, num_warps, chunks
-    raise AssertionError("unreachable: the launch table ends with a catch-all")
+    chunks = 4
+    while chunks > 1 and block_e // chunks < max(block_k, 8):
+        chunks //= 2
+    # About 32 logits per thread: 8 tokens per warp at E=128, 1 at E=1024.
+    block_t = max(1, min(8, 1024 // block_e))
+    return block_t, 1, chunks
 
 
 def _check_inputs(gating_output, per_expert_scale, topk) -> None:
