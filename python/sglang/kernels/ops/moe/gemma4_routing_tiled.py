@@ -1,31 +1,34 @@
 """Gemma-4 MoE router, several tokens per program.
 
-Computes, for router logits ``x`` of shape [T, E] and a per-expert scale ``s`` of shape [E]:
+For router logits ``x`` [T, E] (bf16, fp16 or fp32, E <= 1024) and a per-expert scale ``s`` [E]:
 
     ids[t]     = the ``topk`` experts with the largest logits, largest first; equal logits are
-                 ordered by expert id, lower id first (int32)
-    weights[t] = softmax(x[t, ids[t]]) * s[ids[t]]                                    (float32)
+                 ordered by expert id, lower id first                                   (int32)
+    weights[t] = softmax(x[t, ids[t]]) * s[ids[t]]                                      (float32)
 
-This is the contract of ``gemma4_fused_routing`` (sglang.kernels.ops.moe.gemma4_routing), which now
-calls into this module. The one-program-per-token kernel there sorts all E packed (key, id) pairs per
-token with one warp; at prefill sizes that sort is the cost, not memory. This kernel instead:
+This is the contract of ``gemma4_fused_routing`` (sglang.kernels.ops.moe.gemma4_routing), which calls
+into this module. The previous kernel there runs one single-warp program per token and sorts all E
+packed (key, id) pairs with a 64-bit bitonic sort: at prefill sizes the sort, not memory, is the cost
+(24 us for 16384 tokens on H100 against a memory floor under 2 us). This kernel:
 
-* selects the top-k by k rounds of "largest key not above the previous one". Keys are unique (the
-  expert id is packed into the low bits), so one round costs one subtraction and one unsigned min per
-  element and the logits tile is never rewritten;
-* packs the 16-bit logit dtypes (bf16, fp16) into 32-bit keys (value order bits, then ``1023 - id``)
-  and only fp32 logits into 64-bit keys;
-* processes a [BLOCK_T, BLOCK_E] tile of tokens per program, with the launch shape chosen from T so
-  that small batches keep one short program per token and large batches keep every SM busy;
-* takes T, E, K as runtime values (no recompile for a new token count; E and K only pick the
-  power-of-two tile sizes).
+* selects the top-k in k rounds of "largest key not above the previous one". Keys are unique (the
+  expert id is packed into the low bits), so a round is one subtraction and one unsigned min per
+  logit plus a reduction over the lanes that hold the row; the logits tile is never rewritten;
+* packs bf16 and fp16 logits into 32-bit keys (16 order-mapped value bits, then ``1023 - id``); only
+  fp32 logits need 64-bit keys;
+* chooses the launch shape from T (``choose_launch_shape``): one token per warp up to 1024 tokens,
+  then several tokens per warp with each row loaded as 2 or 4 pieces held by the same lanes, so a
+  round reduces over 8 or 4 lanes instead of 16 or 32;
+* fetches each selected expert's scale during the rounds, hiding that load;
+* takes T, E and K at run time: a new token count never recompiles; E and K only pick power-of-two
+  tile sizes.
 
-Ordering is IEEE-754 totalOrder on the logits after conversion to fp32, the same as the upstream
-kernel: -NaN < -inf < ... < -0.0 < +0.0 < ... < +inf < +NaN. Positive NaNs (the ones torch makes)
-therefore rank first, as in ``torch.topk``. The ids are identical to the upstream kernel's bit for bit.
-Weights follow ``torch.softmax`` over the selected logits: a row whose selected logits include a NaN,
-+inf, or only -inf gets NaN weights (the upstream kernel returned a mix of NaN and unnormalised values
-for such rows).
+Ordering is IEEE-754 totalOrder of the logit widened to fp32, as in the previous kernel:
+-NaN < -inf < ... < -0.0 < +0.0 < ... < +inf < +NaN, so the positive NaNs torch produces rank first,
+as in ``torch.topk``. Weights follow ``torch.softmax`` over the selected logits: a row whose selected
+logits include a NaN or +inf, or are all -inf, gets NaN weights (the previous kernel returned a mix of
+NaN and unnormalised values for such rows). On finite rows the ids equal the previous kernel's bit for
+bit and the weights agree to about 4e-7 relative (benchmark/gemma4/results/routing_h100.md).
 """
 
 from __future__ import annotations
@@ -37,10 +40,10 @@ import triton.language as tl
 MAX_EXPERTS = 1024  # the expert id lives in the low 10 bits of a key
 SUPPORTED_LOGIT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
-# Token counts up to which the single-token and the two-rows-per-warp launch shapes are used;
-# measured on H100 (benchmark/gemma4/results/routing_h100.md, launch-shape sweep).
+# Token counts up to which the one-token and the two-pieces launch shapes are used (H100 sweep in
+# benchmark/gemma4/results/routing_h100.md).
 _ONE_TOKEN_MAX = 1024
-_TWO_ROWS_PER_WARP_MAX = 2048
+_TWO_PIECES_MAX = 4096
 
 
 @triton.jit
@@ -78,9 +81,7 @@ def _gemma4_routing_tiled_kernel(
     KEY_MODE: tl.constexpr,  # 0: bf16, 1: fp16 (32-bit keys), 2: fp32 (64-bit keys)
     EVEN_E: tl.constexpr,  # E == BLOCK_E
 ):
-    # The tile is [CHUNKS, BLOCK_T, W]: piece c of token t holds experts c*W .. c*W+W-1. Putting
-    # the pieces in the outermost dimension keeps them in one thread's registers, so a row is
-    # reduced over fewer lanes (fewer shuffles per selection round).
+    # Piece c of a row holds experts c*W .. c*W+W-1 (W = BLOCK_E // CHUNKS).
     W: tl.constexpr = BLOCK_E // CHUNKS
     # 64-bit math only for the program's base pointers; offsets inside a tile are 32-bit.
     first_row = tl.program_id(0).to(tl.int64) * BLOCK_T
@@ -94,7 +95,8 @@ def _gemma4_routing_tiled_kernel(
     # Load the tile as [CHUNKS * BLOCK_T, W]: tile row s holds piece s // BLOCK_T of token
     # s % BLOCK_T. Triton spreads tile rows over lanes and warps first and wraps the rest into
     # registers, so when BLOCK_T covers the lanes and warps, the CHUNKS pieces of a token land in
-    # the same thread and a token is reduced over W // (16 bytes) lanes only.
+    # the same thread and a token is reduced over W // (16 bytes) lanes only. (A 3-D load would
+    # leave that choice to the layout heuristics, which differ between Triton releases.)
     sub = tl.arange(0, CHUNKS * BLOCK_T)
     sub_row = sub % BLOCK_T
     experts = (sub // BLOCK_T * W)[:, None] + tl.arange(0, W)[None, :]
@@ -177,22 +179,22 @@ def choose_launch_shape(num_tokens: int, num_experts: int, topk: int) -> tuple[i
     """(BLOCK_T, num_warps, chunks) for a batch of ``num_tokens`` tokens.
 
     * up to 1024 tokens: one token per single-warp program. The row spans the 32 lanes and each
-      selection round is one warp-wide reduction, the shortest path per token;
-    * up to 2048 tokens: 8 tokens per 4-warp program, a row over 16 lanes (more warps in flight);
-    * beyond: each row loaded as 4 pieces held by the same lanes (8 tokens per warp for E=128),
-      so a round reduces over 4 lanes: the fewest instructions per token.
+      selection round is one warp-wide reduction: the shortest path per token;
+    * up to 4096 tokens: rows loaded as 2 pieces (8 lanes per row at E=128, 4 tokens per warp):
+      fewer shuffles per round while keeping many warps in flight;
+    * beyond: 4 pieces (4 lanes per row at E=128, 8 tokens per warp): the fewest instructions
+      per token, for the throughput-bound prefill sizes.
+
+    Single-warp programs of about 16 (2 pieces) or 32 (4 pieces) logits per thread at any E.
     """
     if num_tokens <= _ONE_TOKEN_MAX:
         return 1, 1, 1
-    if num_tokens <= _TWO_ROWS_PER_WARP_MAX:
-        return 8, 4, 1
     block_e = triton.next_power_of_2(num_experts)
     block_k = triton.next_power_of_2(topk)
-    chunks = 4
+    chunks = 2 if num_tokens <= _TWO_PIECES_MAX else 4
     while chunks > 1 and block_e // chunks < max(block_k, 8):
         chunks //= 2
-    # About 32 logits per thread: 8 tokens per warp at E=128, 1 at E=1024.
-    block_t = max(1, min(8, 1024 // block_e))
+    block_t = max(1, min(8, 256 * chunks // block_e))
     return block_t, 1, chunks
 
 
