@@ -4,6 +4,8 @@ Tests under test/srt import ``sglang`` from the installed patched engine (``make
 repository. GPU-marked tests are skipped when no CUDA device is present; each has a CPU twin.
 """
 
+import os
+
 import pytest
 
 
@@ -13,6 +15,14 @@ def _cuda_available() -> bool:
     except ImportError:
         return False
     return torch.cuda.is_available()
+
+
+# Without a GPU, Triton kernels can only run in Triton's interpreter. Triton fixes the mode of a kernel when
+# its module is imported, and sglang imports kernel modules transitively (registries keep references), so a
+# test that flips TRITON_INTERPRET after something else imported a kernel would call compiled kernels from
+# interpreted ones. Choose the mode once, for the whole session, before any test module is imported.
+if not _cuda_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config, items):
