@@ -8,7 +8,7 @@ SERIES := $(VPY) tools/series.py
 UPSTREAM_VENV ?= .venv-upstream
 PYTEST_ARGS ?=
 
-.PHONY: engine engine-upstream test check export bench-pool bench-vision bench-routing bench-probe bench-serving clean
+.PHONY: engine engine-upstream test check export bench-pool bench-tree bench-vision bench-routing bench-probe bench-serving clean
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -51,20 +51,35 @@ export: $(VPY)
 	@ls build/export
 
 bench-pool: engine
-	$(VPY) benchmark/gemma4/pool_capacity.py
+	$(VPY) benchmark/gemma4/pool_capacity.py --out benchmark/gemma4/results
 
-# GPU benchmarks: run on a GPU machine (see README "Benchmarks").
-bench-vision:
-	python3 benchmark/gemma4/bench_vision.py
+# GPU benchmarks (run on a GPU machine after `make engine`; results land in benchmark/gemma4/results).
+BENCH_TREE := build/bench-tree
+bench-tree: $(VPY)
+	rm -rf $(BENCH_TREE)
+	$(SERIES) materialise --dest $(BENCH_TREE)
+	git -C $(BENCH_TREE) show upstream:python/sglang/kernels/ops/moe/gemma4_routing.py > build/upstream_gemma4_routing.py
 
-bench-routing:
-	python3 benchmark/gemma4/bench_routing.py
+bench-vision: bench-tree
+	$(VPY) benchmark/gemma4/bench_vision.py prepare --wheel "$$(ls build/upstream/sglang-0.5.23-*.whl | head -1)" \
+		--patched-tree $(BENCH_TREE)/python --dest build/gpu-vision
+	$(VPY) benchmark/gemma4/bench_vision.py run --files build/gpu-vision --out benchmark/gemma4/results
 
-bench-probe:
-	python3 benchmark/gemma4/bench_page_table_probe.py
+bench-routing: bench-tree
+	$(VPY) benchmark/gemma4/bench_routing.py --upstream-file build/upstream_gemma4_routing.py \
+		--patched-root $(BENCH_TREE)/python --sweep --out benchmark/gemma4/results
 
-bench-serving:
-	$(VPY) benchmark/gemma4/serve_ab.py --help
+bench-probe: $(VPY)
+	$(VPY) benchmark/gemma4/bench_page_table_probe.py --out benchmark/gemma4/results
+
+# End-to-end A/B with bench_serving: MODEL=hub-id-or-dir WORKLOADS=chat,summarization,images
+MODEL ?= build/models/e2b
+WORKLOADS ?= chat,images
+bench-serving: $(VPY)
+	test -x $(UPSTREAM_VENV)/bin/python || $(MAKE) engine-upstream
+	test -d $(MODEL) || case "$(MODEL)" in build/models/*) $(VPY) benchmark/gemma4/make_model_dir.py dir $(notdir $(MODEL)) $(MODEL);; esac
+	$(VPY) benchmark/gemma4/serve_ab.py --model $(MODEL) --workloads $(WORKLOADS) \
+		--upstream-python $(UPSTREAM_VENV)/bin/python --patched-python $(VPY)
 
 clean:
 	rm -rf build dist
