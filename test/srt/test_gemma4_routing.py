@@ -151,10 +151,10 @@ def test_matches_reference_cpu(interp, dtype, num_experts, topk, num_tokens):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_large_batch_cpu(interp, dtype):
-    """T=4096 and T=4097 take the two multi-token launch shapes (2 and 4 pieces per row)."""
+    """T=4096 and T=4097 take the multi-token launch shape (4 pieces per row)."""
     routing, tiled = interp
-    assert tiled.choose_launch_shape(4096, 128, 8)[2] == 2
-    assert tiled.choose_launch_shape(4097, 128, 8)[2] == 4
+    assert tiled.choose_launch_shape(4096, 128, 8) == (8, 1, 4)
+    assert tiled.choose_launch_shape(4097, 128, 8) == (8, 1, 4)
     x = special_logits(4097, 128, dtype, seed=3)
     s = _scale(128)
     rows = 4096 if dtype == torch.bfloat16 else 4097
@@ -234,8 +234,7 @@ def test_launch_shape_choice():
     tiled = importlib.import_module(TILED)
     shapes = {t: tiled.choose_launch_shape(t, 128, 8) for t in (1, 64, 1024, 1025, 4096, 4097, 16384)}
     assert shapes[1] == shapes[64] == shapes[1024] == (1, 1, 1)
-    assert shapes[1025] == shapes[4096] == (4, 1, 2)
-    assert shapes[4097] == shapes[16384] == (8, 1, 4)
+    assert shapes[1025] == shapes[4096] == shapes[4097] == shapes[16384] == (8, 1, 4)
     for block_t, num_warps, chunks in shapes.values():
         assert block_t & (block_t - 1) == 0 and num_warps & (num_warps - 1) == 0
     # Pieces hold >= max(BLOCK_K, 8) experts; about 16 / 32 logits per thread at any E.
@@ -243,7 +242,8 @@ def test_launch_shape_choice():
     assert tiled.choose_launch_shape(16384, 64, 32) == (8, 1, 2)
     assert tiled.choose_launch_shape(16384, 256, 8) == (4, 1, 4)
     assert tiled.choose_launch_shape(16384, 1024, 8) == (1, 1, 4)
-    assert tiled.choose_launch_shape(2000, 1024, 8) == (1, 1, 2)
+    assert tiled.choose_launch_shape(2000, 1024, 8) == (1, 1, 4)
+    assert tiled.choose_launch_shape(2000, 16, 8) == (8, 1, 2)  # pieces of >= 8 experts
 
 
 @pytest.mark.parametrize(

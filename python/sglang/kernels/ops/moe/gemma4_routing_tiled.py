@@ -17,8 +17,8 @@ packed (key, id) pairs with a 64-bit bitonic sort: at prefill sizes the sort, no
 * packs bf16 and fp16 logits into 32-bit keys (16 order-mapped value bits, then ``1023 - id``); only
   fp32 logits need 64-bit keys;
 * chooses the launch shape from T (``choose_launch_shape``): one token per warp up to 1024 tokens,
-  then several tokens per warp with each row loaded as 2 or 4 pieces held by the same lanes, so a
-  round reduces over 8 or 4 lanes instead of 16 or 32;
+  then several tokens per warp with each row loaded as 4 pieces held by the same lanes, so a round
+  reduces over 4 lanes (at E=128) instead of 32;
 * fetches each selected expert's scale during the rounds, hiding that load;
 * takes T, E and K at run time: a new token count never recompiles; E and K only pick power-of-two
   tile sizes.
@@ -40,10 +40,9 @@ import triton.language as tl
 MAX_EXPERTS = 1024  # the expert id lives in the low 10 bits of a key
 SUPPORTED_LOGIT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
-# Token counts up to which the one-token and the two-pieces launch shapes are used (H100 sweep in
-# benchmark/gemma4/results/routing_h100.md).
+# Token count up to which the one-token launch shape is used (H100 sweeps in
+# benchmark/gemma4/results/routing_h100.md and routing_h100_a128c3d.md).
 _ONE_TOKEN_MAX = 1024
-_TWO_PIECES_MAX = 4096
 
 
 @triton.jit
@@ -180,18 +179,18 @@ def choose_launch_shape(num_tokens: int, num_experts: int, topk: int) -> tuple[i
 
     * up to 1024 tokens: one token per single-warp program. The row spans the 32 lanes and each
       selection round is one warp-wide reduction: the shortest path per token;
-    * up to 4096 tokens: rows loaded as 2 pieces (8 lanes per row at E=128, 4 tokens per warp):
-      fewer shuffles per round while keeping many warps in flight;
-    * beyond: 4 pieces (4 lanes per row at E=128, 8 tokens per warp): the fewest instructions
-      per token, for the throughput-bound prefill sizes.
+    * beyond: rows loaded as 4 pieces (4 lanes per row at E=128, 8 tokens per warp): the fewest
+      instructions per token. (2 pieces, 8 lanes per row, tie with 4 at 2048 tokens and lose at
+      4096: 3.06 against 2.93 us on H100.)
 
-    Single-warp programs of about 16 (2 pieces) or 32 (4 pieces) logits per thread at any E.
+    Single-warp programs of about 32 logits per thread at any E (fewer pieces when a piece would
+    hold fewer than max(BLOCK_K, 8) experts).
     """
     if num_tokens <= _ONE_TOKEN_MAX:
         return 1, 1, 1
     block_e = triton.next_power_of_2(num_experts)
     block_k = triton.next_power_of_2(topk)
-    chunks = 2 if num_tokens <= _TWO_PIECES_MAX else 4
+    chunks = 4
     while chunks > 1 and block_e // chunks < max(block_k, 8):
         chunks //= 2
     block_t = max(1, min(8, 256 * chunks // block_e))
