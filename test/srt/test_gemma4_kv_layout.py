@@ -5,265 +5,52 @@ and a tiny sglang Gemma-4 text model to read the layer id each attention uses.
 """
 
 import contextlib
-import json
-import os
 import types
 
 import pytest
 
-GIB = 1 << 30
-H100_MIB = 81559
-ROPE = {
-    "full_attention": {
-        "partial_rotary_factor": 0.25,
-        "rope_theta": 1e6,
-        "rope_type": "proportional",
-    },
-    "sliding_attention": {"rope_theta": 1e4, "rope_type": "default"},
-}
-
-
-def _layer_types(n, sliding_per_full):
-    period = sliding_per_full + 1
-    return ["sliding_attention" if (i + 1) % period else "full_attention" for i in range(n)]
-
-
-E2B = dict(
-    hidden_size=1536,
-    num_hidden_layers=35,
-    intermediate_size=6144,
-    num_attention_heads=8,
-    num_key_value_heads=1,
-    head_dim=256,
-    global_head_dim=512,
-    sliding_window=512,
-    num_kv_shared_layers=20,
-    hidden_size_per_layer_input=256,
-    vocab_size_per_layer_input=262144,
-    use_double_wide_mlp=True,
-    attention_k_eq_v=False,
-    max_position_embeddings=131072,
-    layer_types=_layer_types(35, 4),
+from gemma4_kv_testlib import (
+    ASSISTANT_26B_TEXT,
+    E2B_TEXT,
+    GIB,
+    MOE_26B_TEXT,
+    TINY_TEXT,
+    configurator,
+    mtp_args,
+    resolve,
+    restored_process_state,
+    write_assistant,
+    write_target,
 )
-MOE_26B = dict(
-    hidden_size=2816,
-    num_hidden_layers=30,
-    intermediate_size=2112,
-    num_attention_heads=16,
-    num_key_value_heads=8,
-    num_global_key_value_heads=2,
-    head_dim=256,
-    global_head_dim=512,
-    sliding_window=1024,
-    attention_k_eq_v=True,
-    enable_moe_block=True,
-    num_experts=128,
-    top_k_experts=8,
-    moe_intermediate_size=704,
-    max_position_embeddings=262144,
-    hidden_size_per_layer_input=0,
-    vocab_size_per_layer_input=0,
-    layer_types=_layer_types(30, 5),
-)
-ASSISTANT_26B = dict(
-    hidden_size=1024,
-    num_hidden_layers=4,
-    intermediate_size=8192,
-    num_attention_heads=16,
-    num_key_value_heads=8,
-    num_global_key_value_heads=2,
-    head_dim=256,
-    global_head_dim=512,
-    attention_k_eq_v=True,
-    sliding_window=1024,
-    num_kv_shared_layers=4,
-    hidden_size_per_layer_input=0,
-    vocab_size_per_layer_input=0,
-    max_position_embeddings=262144,
-    layer_types=["sliding_attention"] * 3 + ["full_attention"],
-)
-# A tiny text model with the E2B structure: 10 layers, full every 5th, last 4 KV-shared.
-TINY = dict(
-    hidden_size=32,
-    num_hidden_layers=10,
-    intermediate_size=64,
-    num_attention_heads=2,
-    num_key_value_heads=1,
-    head_dim=16,
-    global_head_dim=32,
-    sliding_window=8,
-    num_kv_shared_layers=4,
-    hidden_size_per_layer_input=8,
-    vocab_size_per_layer_input=64,
-    vocab_size=64,
-    use_double_wide_mlp=True,
-    attention_k_eq_v=False,
-    max_position_embeddings=256,
-    layer_types=_layer_types(10, 4),
-)
-
-
-def _write(root, name, text, arch="Gemma4ForConditionalGeneration"):
-    text = dict(
-        {"vocab_size": 262144},
-        **text,
-        model_type="gemma4_text",
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=True,
-        rope_parameters=ROPE,
-    )
-    if arch == "Gemma4AssistantForCausalLM":
-        cfg = {
-            "architectures": [arch],
-            "model_type": "gemma4_assistant",
-            "backbone_hidden_size": 2816,
-            "num_centroids": 2048,
-            "centroid_intermediate_top_k": 32,
-            "use_ordered_embeddings": False,
-            "text_config": text,
-        }
-    else:
-        cfg = {
-            "architectures": [arch],
-            "model_type": "gemma4",
-            "text_config": text,
-            "vision_config": None,
-            "audio_config": None,
-        }
-    cfg.update(tie_word_embeddings=True, torch_dtype="bfloat16")
-    path = os.path.join(root, name)
-    os.makedirs(path, exist_ok=True)
-    with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(cfg, f)
-    return path
 
 
 @pytest.fixture(scope="module")
 def geo(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("gemma4_layout"))
     return {
-        "e2b": _write(root, "e2b", E2B),
-        "26b": _write(root, "26b", MOE_26B),
-        "26b_assistant": _write(
-            root, "26b-assistant", ASSISTANT_26B, arch="Gemma4AssistantForCausalLM"
-        ),
-        "tiny": _write(root, "tiny", TINY, arch="Gemma4ForCausalLM"),
+        "e2b": write_target(root, "e2b", E2B_TEXT),
+        "26b": write_target(root, "26b", MOE_26B_TEXT),
+        "26b_assistant": write_assistant(root, "26b-assistant", ASSISTANT_26B_TEXT, 2816),
+        "tiny": write_target(root, "tiny", TINY_TEXT, arch="Gemma4ForCausalLM"),
     }
 
 
 @pytest.fixture(autouse=True)
 def isolated():
-    saved = dict(os.environ)
-    yield
-    from sglang.srt import runtime_context as rc
-
-    rc.reset_context()
-    os.environ.clear()
-    os.environ.update(saved)
-
-
-@contextlib.contextmanager
-def _card(mib):
-    import sglang.srt.arg_groups.memory_hook as memory_hook
-    import sglang.srt.utils.common as common
-
-    targets = [m for m in (common, memory_hook) if hasattr(m, "get_device_memory_capacity")]
-    saved = [(m, m.get_device_memory_capacity) for m in targets]
-    for m in targets:
-        m.get_device_memory_capacity = lambda *a, **k: mib
-    try:
+    with restored_process_state():
         yield
-    finally:
-        for m, f in saved:
-            m.get_device_memory_capacity = f
 
 
 def _resolve(model_path, *extra):
-    from sglang.srt import runtime_context as rc
-    from sglang.srt.server_args import prepare_server_args
-
-    args = [
-        "--model-path",
-        model_path,
-        "--device",
-        "cuda",
-        "--skip-tokenizer-init",
-        "--load-format",
-        "dummy",
-        "--swa-full-tokens-ratio",
-        "0.8",
-        *extra,
-    ]
-    with _card(H100_MIB), rc.override_platform(is_sm90=True):
-        server_args = prepare_server_args(args)
-        server_args.resolve_once()
-    rc.publish(server_args, role="test")
-    return server_args
+    return resolve(model_path, "--swa-full-tokens-ratio", "0.8", *extra, publish=True)
 
 
 def _mtp(assistant):
-    return [
-        "--speculative-algorithm",
-        "NEXTN",
-        "--speculative-draft-model-path",
-        assistant,
-        "--speculative-num-steps",
-        "3",
-        "--speculative-eagle-topk",
-        "1",
-        "--speculative-num-draft-tokens",
-        "4",
-    ]
+    return mtp_args(assistant)
 
 
 def _configurator(server_args, *, device="cuda", is_draft_worker=False):
-    import torch
-
-    from sglang.srt.arg_groups.model_override_base import model_config_of, resolved_view
-    from sglang.srt.mem_cache.kv_cache_configurator import KVCacheConfigurator
-    from sglang.srt.model_executor.model_runner_components.layer_setup import resolve_layer_indices
-    from sglang.srt.model_executor.model_runner_components.spec_aux_hidden_state import (
-        resolve_spec_aux_hidden_state_config,
-    )
-    from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
-
-    view = resolved_view(server_args)
-    mc = model_config_of(server_args)
-    algo = SpeculativeAlgorithm.from_string(view.speculative_algorithm)
-    return KVCacheConfigurator(
-        device=device,
-        gpu_id=0,
-        attn_dp_size=1,
-        pp_size=1,
-        pp_group=None,
-        model=None,
-        model_config=mc,
-        server_args=server_args,
-        kv_cache_dtype=torch.bfloat16,
-        kv_cache_dtype_str="auto",
-        model_dtype=torch.bfloat16,
-        page_size=1,
-        sliding_window_size=mc.hf_text_config.sliding_window - 1,
-        spec_algorithm=algo,
-        is_draft_worker=is_draft_worker,
-        post_capture_kv_active=False,
-        spec_aux_config=resolve_spec_aux_hidden_state_config(
-            server_args=server_args,
-            model_config=mc,
-            spec_algorithm=algo,
-            is_draft_worker=is_draft_worker,
-        ),
-        is_hybrid_swa=True,
-        is_hybrid_swa_compress=mc.is_hybrid_swa_compress,
-        use_mla_backend=False,
-        layer_info=resolve_layer_indices(
-            model=None, model_config=mc, is_draft_worker=is_draft_worker
-        ),
-        forward_stream=None,
-        req_to_token_pool=None,
-        token_to_kv_pool_allocator=None,
-        memory_pool_config=None,
-    )
+    return configurator(server_args, device=device, is_draft_worker=is_draft_worker, page_size=1)
 
 
 @contextlib.contextmanager

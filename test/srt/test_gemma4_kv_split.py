@@ -5,217 +5,48 @@ card size sglang sees is patched in), then sizes the pools with sglang's own
 KVCacheConfigurator. The configs are Gemma-4 geometries written to a temp dir.
 """
 
-import contextlib
-import json
 import math
-import os
 
 import pytest
 
-GIB = 1 << 30
-H100_MIB = 81559
-B200_MIB = 183359
-
-ROPE = {
-    "full_attention": {
-        "partial_rotary_factor": 0.25,
-        "rope_theta": 1e6,
-        "rope_type": "proportional",
-    },
-    "sliding_attention": {"rope_theta": 1e4, "rope_type": "default"},
-}
-
-
-def _layer_types(n, sliding_per_full):
-    period = sliding_per_full + 1
-    return ["sliding_attention" if (i + 1) % period else "full_attention" for i in range(n)]
-
-
-# Public geometry of the text stacks (see benchmark/gemma4/configs for sources).
-TEXT = {
-    "26b": dict(
-        hidden_size=2816,
-        num_hidden_layers=30,
-        intermediate_size=2112,
-        num_attention_heads=16,
-        num_key_value_heads=8,
-        num_global_key_value_heads=2,
-        head_dim=256,
-        global_head_dim=512,
-        sliding_window=1024,
-        attention_k_eq_v=True,
-        enable_moe_block=True,
-        num_experts=128,
-        top_k_experts=8,
-        moe_intermediate_size=704,
-        max_position_embeddings=262144,
-        hidden_size_per_layer_input=0,
-        vocab_size_per_layer_input=0,
-        layer_types=_layer_types(30, 5),
-    ),
-    "31b": dict(
-        hidden_size=5376,
-        num_hidden_layers=60,
-        intermediate_size=21504,
-        num_attention_heads=32,
-        num_key_value_heads=16,
-        num_global_key_value_heads=4,
-        head_dim=256,
-        global_head_dim=512,
-        sliding_window=1024,
-        attention_k_eq_v=True,
-        max_position_embeddings=262144,
-        hidden_size_per_layer_input=0,
-        vocab_size_per_layer_input=0,
-        layer_types=_layer_types(60, 5),
-    ),
-}
-ASSISTANT_26B = dict(
-    hidden_size=1024,
-    num_hidden_layers=4,
-    intermediate_size=8192,
-    num_attention_heads=16,
-    num_key_value_heads=8,
-    num_global_key_value_heads=2,
-    head_dim=256,
-    global_head_dim=512,
-    attention_k_eq_v=True,
-    sliding_window=1024,
-    num_kv_shared_layers=4,
-    hidden_size_per_layer_input=0,
-    vocab_size_per_layer_input=0,
-    layer_types=["sliding_attention"] * 3 + ["full_attention"],
+from gemma4_kv_testlib import (
+    ASSISTANT_26B_TEXT,
+    B200_MIB,
+    DENSE_31B_TEXT,
+    GIB,
+    H100_MIB,
+    LARGE_VISION,
+    MOE_26B_TEXT,
+    card,
+    configurator,
+    mtp_args,
+    resolve,
+    restored_process_state,
+    write_assistant,
+    write_target,
 )
 
-
-def _write(root, name, text, arch="Gemma4ForConditionalGeneration", vision=True):
-    text = dict(
-        text,
-        model_type="gemma4_text",
-        vocab_size=262144,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=True,
-        rope_parameters=ROPE,
-    )
-    cfg = {
-        "architectures": [arch],
-        "model_type": "gemma4",
-        "text_config": text,
-        "audio_config": None,
-        "tie_word_embeddings": True,
-        "torch_dtype": "bfloat16",
-        "vision_config": (
-            {
-                "model_type": "gemma4_vision",
-                "hidden_size": 1152,
-                "intermediate_size": 4304,
-                "num_hidden_layers": 27,
-                "num_attention_heads": 16,
-                "num_key_value_heads": 16,
-                "head_dim": 72,
-                "patch_size": 16,
-                "pooling_kernel_size": 3,
-            }
-            if vision
-            else None
-        ),
-    }
-    path = os.path.join(root, name)
-    os.makedirs(path, exist_ok=True)
-    with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(cfg, f)
-    return path
-
-
-def _write_assistant(root, name, text, backbone):
-    text = dict(
-        text,
-        model_type="gemma4_text",
-        vocab_size=262144,
-        rms_norm_eps=1e-6,
-        max_position_embeddings=262144,
-        rope_parameters=ROPE,
-    )
-    cfg = {
-        "architectures": ["Gemma4AssistantForCausalLM"],
-        "model_type": "gemma4_assistant",
-        "backbone_hidden_size": backbone,
-        "num_centroids": 2048,
-        "centroid_intermediate_top_k": 32,
-        "use_ordered_embeddings": False,
-        "tie_word_embeddings": True,
-        "torch_dtype": "bfloat16",
-        "text_config": text,
-    }
-    path = os.path.join(root, name)
-    os.makedirs(path, exist_ok=True)
-    with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(cfg, f)
-    return path
+_card = card
+_resolve = resolve
+_mtp_args = mtp_args
 
 
 @pytest.fixture(scope="module")
 def geo(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("gemma4_geometry"))
     return {
-        "26b": _write(root, "26b", TEXT["26b"]),
-        "26b_causal": _write(
-            root, "26b-causal", TEXT["26b"], arch="Gemma4ForCausalLM", vision=False
-        ),
-        "31b": _write(root, "31b", TEXT["31b"]),
-        "26b_assistant": _write_assistant(root, "26b-assistant", ASSISTANT_26B, 2816),
+        "26b": write_target(root, "26b", MOE_26B_TEXT, vision=LARGE_VISION),
+        "26b_causal": write_target(root, "26b-causal", MOE_26B_TEXT, arch="Gemma4ForCausalLM"),
+        "31b": write_target(root, "31b", DENSE_31B_TEXT, vision=LARGE_VISION),
+        "26b_assistant": write_assistant(root, "26b-assistant", ASSISTANT_26B_TEXT, 2816),
     }
 
 
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch):
-    """Resolution writes env vars and publish() process-global state: undo both."""
-    saved = dict(os.environ)
     monkeypatch.delenv("SGLANG_GEMMA4_EXPECTED_REQUEST_TOKENS", raising=False)
-    yield
-    from sglang.srt import runtime_context as rc
-
-    rc.reset_context()
-    os.environ.clear()
-    os.environ.update(saved)
-
-
-@contextlib.contextmanager
-def _card(mib):
-    """Make resolution see a GPU of ``mib`` MiB (None: no GPU visible)."""
-    import sglang.srt.arg_groups.memory_hook as memory_hook
-    import sglang.srt.utils.common as common
-
-    targets = [m for m in (common, memory_hook) if hasattr(m, "get_device_memory_capacity")]
-    saved = [(m, m.get_device_memory_capacity) for m in targets]
-    for m in targets:
-        m.get_device_memory_capacity = lambda *a, **k: mib
-    try:
+    with restored_process_state():
         yield
-    finally:
-        for m, f in saved:
-            m.get_device_memory_capacity = f
-
-
-def _resolve(model_path, *extra, mib=H100_MIB, sm100=False):
-    from sglang.srt import runtime_context as rc
-    from sglang.srt.server_args import prepare_server_args
-
-    args = [
-        "--model-path",
-        model_path,
-        "--device",
-        "cuda",
-        "--skip-tokenizer-init",
-        "--load-format",
-        "dummy",
-        *extra,
-    ]
-    platform = {"is_sm100": True} if sm100 else {"is_sm90": True}
-    with _card(mib), rc.override_platform(**platform):
-        server_args = prepare_server_args(args)
-        server_args.resolve_once()
-    return server_args
 
 
 def _ratio(server_args):
@@ -241,51 +72,11 @@ def _mtp_args(assistant):
 
 def _pools(server_args, budget_bytes, mib=H100_MIB, sm100=False):
     """(full tokens, SWA tokens, configurator, kvc) from sglang's configurator."""
-    import torch
-
     from sglang.srt import runtime_context as rc
-    from sglang.srt.arg_groups.model_override_base import model_config_of, resolved_view
-    from sglang.srt.mem_cache.kv_cache_configurator import KVCacheConfigurator
-    from sglang.srt.model_executor.model_runner_components.layer_setup import resolve_layer_indices
-    from sglang.srt.model_executor.model_runner_components.spec_aux_hidden_state import (
-        resolve_spec_aux_hidden_state_config,
-    )
     from sglang.srt.model_executor.pool_configurator import create_memory_pool_configurator
-    from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
 
     rc.publish(server_args, role="test")
-    view = resolved_view(server_args)
-    mc = model_config_of(server_args)
-    algo = SpeculativeAlgorithm.from_string(view.speculative_algorithm)
-    kvc = KVCacheConfigurator(
-        device="cuda",
-        gpu_id=0,
-        attn_dp_size=1,
-        pp_size=1,
-        pp_group=None,
-        model=None,
-        model_config=mc,
-        server_args=server_args,
-        kv_cache_dtype=torch.bfloat16,
-        kv_cache_dtype_str="auto",
-        model_dtype=torch.bfloat16,
-        page_size=int(view.page_size),
-        sliding_window_size=mc.hf_text_config.sliding_window - 1,
-        spec_algorithm=algo,
-        is_draft_worker=False,
-        post_capture_kv_active=False,
-        spec_aux_config=resolve_spec_aux_hidden_state_config(
-            server_args=server_args, model_config=mc, spec_algorithm=algo, is_draft_worker=False
-        ),
-        is_hybrid_swa=True,
-        is_hybrid_swa_compress=False,
-        use_mla_backend=False,
-        layer_info=resolve_layer_indices(model=None, model_config=mc, is_draft_worker=False),
-        forward_stream=None,
-        req_to_token_pool=None,
-        token_to_kv_pool_allocator=None,
-        memory_pool_config=None,
-    )
+    kvc = configurator(server_args)
     config = kvc.config_from_budget(budget_bytes)
     return (
         config.full_max_total_num_tokens,
