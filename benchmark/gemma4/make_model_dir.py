@@ -283,7 +283,9 @@ def assistant_config(variant: str) -> Dict[str, Any]:
 # --------------------------------------------------------------------------
 # Tiny variant for CPU tests: same structure as E2B (PLE, KV sharing, audio +
 # small vision tower, double-wide MLP) with toy sizes and a 1024-id vocab; the
-# special tokens are remapped into that range.
+# special tokens are remapped into that range. Six layers (sliding, sliding, full,
+# x2) with the last two KV-shared, so each shared layer has an earlier owner of its
+# own kind, as sglang's Gemma4Attention requires (layer 4 reads 3, layer 5 reads 2).
 # --------------------------------------------------------------------------
 TINY_VOCAB = 1024
 TINY_IDS = dict(REAL_IDS, boi=1000, boa=1001, image=1002, audio=1003, eoi=1004, eoa=1005, video=1006)
@@ -292,7 +294,7 @@ TINY_IDS = dict(REAL_IDS, boi=1000, boa=1001, image=1002, audio=1003, eoi=1004, 
 def tiny_config() -> Dict[str, Any]:
     cfg = target_config("e2b")
     text = _text(
-        hidden_size=64, intermediate_size=128, num_hidden_layers_=5, period_=5,
+        hidden_size=64, intermediate_size=128, num_hidden_layers_=6, period_=3,
         num_attention_heads=2, num_key_value_heads=1, head_dim=32, global_head_dim=64,
         sliding_window=16, max_position_embeddings=4096, hidden_size_per_layer_input=8,
         num_kv_shared_layers=2, use_double_wide_mlp=True, vocab_size=TINY_VOCAB,
