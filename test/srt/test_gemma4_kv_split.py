@@ -55,21 +55,6 @@ def _ratio(server_args):
     return resolved_view(server_args).swa_full_tokens_ratio
 
 
-def _mtp_args(assistant):
-    return [
-        "--speculative-algorithm",
-        "NEXTN",
-        "--speculative-draft-model-path",
-        assistant,
-        "--speculative-num-steps",
-        "3",
-        "--speculative-eagle-topk",
-        "1",
-        "--speculative-num-draft-tokens",
-        "4",
-    ]
-
-
 def _pools(server_args, budget_bytes, mib=H100_MIB, sm100=False):
     """(full tokens, SWA tokens, configurator, kvc) from sglang's configurator."""
     from sglang.srt import runtime_context as rc
