@@ -22,7 +22,6 @@ and export.
 from __future__ import annotations
 
 import argparse
-import base64
 import dataclasses
 import hashlib
 import json
@@ -669,10 +668,6 @@ def refresh(series: Series, tree: Path, only: list | None) -> list:
 
 # --------------------------------------------------------------------------------------------------------------
 # build and export
-
-
-def _record_hash(data: bytes) -> str:
-    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
 def build(series: Series, wheel: Path, out_dir: Path, no_patches: bool = False) -> Path:
