@@ -212,6 +212,28 @@ def _max_concurrent(
     return {"requests": n, "binding": binding, "full_bound": full_bound}
 
 
+
+def _no_requests(base, kv_budget_gib, binding, **pool):
+    """A result row where no request fits: empty pools, with whatever pool geometry is known."""
+    row = {
+        **base,
+        "kv_budget_gib": kv_budget_gib,
+        "requests": 0,
+        "binding": binding,
+        "full_tokens": 0,
+        "swa_tokens": 0,
+        "max_running_requests": 0,
+        "full_layers_in_pool": 0,
+        "swa_layers_in_pool": 0,
+        "draft_full_rows": 0,
+        "full_cell_bytes": 0,
+        "swa_cell_bytes": 0,
+        "full_bound": 0,
+    }
+    row.update(pool)
+    return row
+
+
 def plan_cell(
     *,
     variant_dir: str,
@@ -316,21 +338,7 @@ def plan_cell(
             budget = int(budget * budget_scale)
         base["budget_scale"] = budget_scale
         if budget is None:
-            return {
-                **base,
-                "kv_budget_gib": 0.0,
-                "requests": 0,
-                "binding": "no KV budget (weights exceed the static fraction)",
-                "full_tokens": 0,
-                "swa_tokens": 0,
-                "max_running_requests": 0,
-                "full_layers_in_pool": 0,
-                "swa_layers_in_pool": 0,
-                "draft_full_rows": 0,
-                "full_cell_bytes": 0,
-                "swa_cell_bytes": 0,
-                "full_bound": 0,
-            }
+            return _no_requests(base, 0.0, "no KV budget (weights exceed the static fraction)")
         layer_info = resolve_layer_indices(
             model=None, model_config=model_config, is_draft_worker=False
         )
@@ -373,21 +381,16 @@ def plan_cell(
         try:
             config = kvc.config_from_budget(budget)
         except ValueError as exc:  # sglang refuses to start with these pools
-            return {
-                **base,
-                "kv_budget_gib": budget / (1 << 30),
-                "requests": 0,
-                "binding": f"engine refuses: {str(exc).split(':')[0]}",
-                "full_tokens": 0,
-                "swa_tokens": 0,
-                "max_running_requests": 0,
-                "full_layers_in_pool": len(layer_info.full_attention_layer_ids),
-                "swa_layers_in_pool": len(layer_info.swa_attention_layer_ids),
-                "draft_full_rows": int(configurator._draft_full_layers_num),
-                "full_cell_bytes": int(configurator._full_cell_bytes()),
-                "swa_cell_bytes": int(configurator._swa_cell_bytes()),
-                "full_bound": 0,
-            }
+            return _no_requests(
+                base,
+                budget / (1 << 30),
+                f"engine refuses: {str(exc).split(':')[0]}",
+                full_layers_in_pool=len(layer_info.full_attention_layer_ids),
+                swa_layers_in_pool=len(layer_info.swa_attention_layer_ids),
+                draft_full_rows=int(configurator._draft_full_layers_num),
+                full_cell_bytes=int(configurator._full_cell_bytes()),
+                swa_cell_bytes=int(configurator._swa_cell_bytes()),
+            )
         full_tokens = int(config.full_max_total_num_tokens)
         swa_tokens = int(config.swa_max_total_num_tokens)
         cap = int(kvc.resolve_max_num_reqs(full_tokens))
