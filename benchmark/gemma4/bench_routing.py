@@ -1,4 +1,7 @@
-"""Gemma-4 MoE router: upstream fused kernel vs the patched (tiled) kernel vs the torch path.
+"""Gemma-4 MoE router: upstream fused kernel vs the patched kernels vs the torch path.
+
+"patched" is what the patched ``gemma4_fused_routing`` runs (the network kernel for topk <= 8);
+"rounds" is the series' other kernel (any topk), timed alongside for reference.
 
 Each variant is timed per launch by replaying a CUDA graph that holds many launches back to back, so
 the graph-launch cost is spread over all of them and the numbers show kernel time. Two input modes:
@@ -35,11 +38,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 12289, 16384)
-SWEEP_TOKENS = (1, 64, 512, 1024, 2048, 4096, 8192, 16384)
-SWEEP_SHAPES = (
-    (1, 1, 1), (2, 1, 1), (4, 1, 1), (8, 4, 1), (4, 1, 2), (16, 4, 2),
-    (8, 1, 4), (16, 1, 4), (16, 2, 4), (32, 4, 4), (64, 4, 4),
-)
+SWEEP_TOKENS = (1, 64, 256, 512, 1024, 2048, 4096, 8192, 16384)
+# Network kernel: groups of 8 keys per lane. Rounds kernel: (block_t, num_warps, chunks).
+SWEEP_GROUPS = (1, 2, 4, 8)
+SWEEP_SHAPES = ((1, 1, 1), (4, 1, 2), (8, 1, 4), (16, 2, 4))
 L2_BYTES = 50 * 2**20  # H100/H200; only sets how many buffers the cold mode cycles through
 
 
@@ -115,6 +117,10 @@ def peak_copy_gbps() -> float:
     return 2 * n / best / 1e9
 
 
+def triton_next_pow2(n: int) -> int:
+    return 1 << (n - 1).bit_length()
+
+
 def _git_commit() -> str:
     try:
         return subprocess.run(
@@ -144,15 +150,18 @@ def check_correctness(upstream, patched, tiled, dtype, num_experts, topk):
             "selected_logits_equal_torch_topk": bool(same_values),
             "max_abs_weight_diff_torch": (w_p - w_t).abs().max().item(),
         }
-    for shape in SWEEP_SHAPES:
+    forced = {f"network_g{g}": {"groups": g} for g in SWEEP_GROUPS}
+    forced.update({f"rounds_{bt}_{nw}_{ch}": {"block_t": bt, "num_warps": nw, "chunks": ch}
+                   for bt, nw, ch in SWEEP_SHAPES})
+    for name, kwargs in forced.items():
         x = torch.randn(4099, num_experts, device="cuda", generator=gen).to(dtype)
+        x[::3] = torch.randint(-3, 4, x[::3].shape, device="cuda", generator=gen).to(dtype)
         s = torch.rand(num_experts, device="cuda", generator=gen) + 0.5
         w_up, i_up = upstream.gemma4_fused_routing(x, s, topk)
-        bt, nw, ch = shape
-        w_p, i_p = tiled.gemma4_routing_tiled(x, s, topk, block_t=bt, num_warps=nw, chunks=ch)
+        w_p, i_p = tiled.gemma4_routing_tiled(x, s, topk, **kwargs)
         rel = ((w_p - w_up).abs() / w_up.abs().clamp_min(1e-30)).max().item()
-        out[f"shape_{bt}_{nw}_{ch}"] = {"ids_equal_upstream": bool(torch.equal(i_up, i_p)),
-                                        "max_rel_weight_diff_upstream": rel}
+        out[name] = {"ids_equal_upstream": bool(torch.equal(i_up, i_p)),
+                     "max_rel_weight_diff_upstream": rel}
     return out
 
 
@@ -164,7 +173,8 @@ def main() -> int:
     ap.add_argument("--patched-root", type=Path, default=None,
                     help="directory holding a patched `sglang` package (default: the installed one)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmark/gemma4/results")
-    ap.add_argument("--name", default="routing_h100")
+    ap.add_argument("--name", default=None,
+                    help="result file stem (default: routing_<gpu>, e.g. routing_h200)")
     ap.add_argument("--experts", type=int, default=128)
     ap.add_argument("--topk", type=int, default=8)
     ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
@@ -196,6 +206,7 @@ def main() -> int:
         "torch": lambda x: torch_routing(x, scale, K),
         "upstream": lambda x: upstream.gemma4_fused_routing(x, scale, K),
         "patched": lambda x: patched.gemma4_fused_routing(x, scale, K),
+        "rounds": lambda x: tiled.gemma4_routing_tiled(x, scale, K, method="rounds"),
     }
     rows = []
     for mode in ("cold", "hot"):
@@ -204,8 +215,10 @@ def main() -> int:
             moved = read + write + E * 4
             logits = _buffers(read, mode == "cold", args.launches,
                               lambda: torch.randn(T, E, device="cuda").to(dtype))
-            row = {"mode": mode, "tokens": T, "bytes_moved": moved,
-                   "launch_shape": list(tiled.choose_launch_shape(T, E, K))}
+            method = "network" if K <= tiled.NETWORK_MAX_TOPK else "rounds"
+            shape = (f"network G={tiled.choose_network_groups(T, E)}" if method == "network"
+                     else "rounds %s" % (tiled.choose_launch_shape(T, E, K),))
+            row = {"mode": mode, "tokens": T, "bytes_moved": moved, "launch_shape": shape}
             for name, fn in variants.items():
                 row[f"{name}_us"] = _graph_time_us(fn, logits, args.launches, args.trials)
             half = moved // 2
@@ -223,7 +236,8 @@ def main() -> int:
             row["patched_over_floor_bw"] = row["patched_us"] / row["floor_bw_us"]
             rows.append(row)
             print(f"{mode} T={T:6d} torch {row['torch_us']:7.2f} upstream {row['upstream_us']:7.2f} "
-                  f"patched {row['patched_us']:6.2f} us  x{row['speedup_vs_upstream']:.2f}  "
+                  f"patched {row['patched_us']:6.2f} rounds {row['rounds_us']:6.2f} us  "
+                  f"x{row['speedup_vs_upstream']:.2f}  "
                   f"copy-floor {row['floor_copy_us']:5.2f} bw-floor {row['floor_bw_us']:5.2f}",
                   flush=True)
             del logits, srcs, dst
@@ -234,10 +248,16 @@ def main() -> int:
             logits = _buffers(T * E * elem, True, args.launches,
                               lambda: torch.randn(T, E, device="cuda").to(dtype))
             entry = {"tokens": T}
+            for g in SWEEP_GROUPS:
+                if 8 * g > max(8, triton_next_pow2(E)) or max(8, triton_next_pow2(E)) // (8 * g) > 32:
+                    continue
+                fn = lambda x, g=g: tiled.gemma4_routing_tiled(x, scale, K, groups=g)
+                entry[f"network_g{g}"] = _graph_time_us(fn, logits, args.launches, args.trials)
             for bt, nw, ch in SWEEP_SHAPES:
                 fn = (lambda x, bt=bt, nw=nw, ch=ch:
                       tiled.gemma4_routing_tiled(x, scale, K, block_t=bt, num_warps=nw, chunks=ch))
-                entry[f"{bt}_{nw}_{ch}"] = _graph_time_us(fn, logits, args.launches, args.trials)
+                entry[f"rounds_{bt}_{nw}_{ch}"] = _graph_time_us(fn, logits, args.launches,
+                                                                 args.trials)
             sweep.append(entry)
             best = min((v, k) for k, v in entry.items() if k != "tokens")
             print(f"sweep T={T}: best {best[1]} {best[0]:.2f} us", flush=True)
@@ -255,6 +275,10 @@ def main() -> int:
         "launches_per_graph": args.launches, "trials": args.trials,
         "peak_copy_gbps": peak, "rows": rows, "sweep": sweep, "checks": checks,
     }
+    if args.name is None:
+        gpu = torch.cuda.get_device_name().lower()
+        args.name = "routing_" + next((g for g in ("h200", "h100", "a100", "b200", "l40s")
+                                        if g in gpu), "gpu")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out / f"{args.name}.md").write_text(render_markdown(result))
@@ -278,15 +302,15 @@ def render_markdown(r: dict) -> str:
         lines += [
             f"## {mode}",
             "",
-            "| T | shape (bt, warps, pieces) | torch us | upstream us | patched us | vs upstream |"
+            "| T | patched kernel | torch us | upstream us | patched us | rounds us | vs upstream |"
             " vs torch | patched GB/s | floor copy us | floor bw us | patched / floor copy |"
             " patched / floor bw |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in (x for x in r["rows"] if x["mode"] == mode):
             lines.append(
-                f"| {row['tokens']} | {tuple(row['launch_shape'])} | {row['torch_us']:.2f} | "
-                f"{row['upstream_us']:.2f} | {row['patched_us']:.2f} | "
+                f"| {row['tokens']} | {row['launch_shape']} | {row['torch_us']:.2f} | "
+                f"{row['upstream_us']:.2f} | {row['patched_us']:.2f} | {row['rounds_us']:.2f} | "
                 f"{row['speedup_vs_upstream']:.2f}x | {row['speedup_vs_torch']:.1f}x | "
                 f"{row['patched_gbps']:.0f} | {row['floor_copy_us']:.2f} | {row['floor_bw_us']:.2f} | "
                 f"{row['patched_over_floor_copy']:.2f} | {row['patched_over_floor_bw']:.2f} |"
@@ -294,11 +318,26 @@ def render_markdown(r: dict) -> str:
         lines.append("")
     if r["sweep"]:
         shapes = [k for k in r["sweep"][0] if k != "tokens"]
-        lines += ["## Launch-shape sweep (cold, us per launch; bt_warps_pieces)", "",
+        lines += ["## Launch-shape sweep (cold, us per launch; network_gG = G groups of 8 keys per "
+                  "lane, rounds_bt_warps_pieces)", "",
                   "| T | " + " | ".join(shapes) + " |", "|---|" + "---|" * len(shapes)]
         for e in r["sweep"]:
             lines.append(f"| {e['tokens']} | " + " | ".join(f"{e[s]:.2f}" for s in shapes) + " |")
         lines.append("")
+    lines += ["## The bar", "",
+              "| mode | min speedup vs upstream, T >= 4096 | max patched / floor copy, T >= 4096 | "
+              "max patched / floor bw, T >= 4096 | min speedup vs upstream, T <= 64 |",
+              "|---|---|---|---|---|"]
+    for mode in ("cold", "hot"):
+        big = [x for x in r["rows"] if x["mode"] == mode and x["tokens"] >= 4096]
+        small = [x for x in r["rows"] if x["mode"] == mode and x["tokens"] <= 64]
+        if big and small:
+            lines.append(
+                f"| {mode} | {min(x['speedup_vs_upstream'] for x in big):.2f}x | "
+                f"{max(x['patched_over_floor_copy'] for x in big):.2f} | "
+                f"{max(x['patched_over_floor_bw'] for x in big):.2f} | "
+                f"{min(x['speedup_vs_upstream'] for x in small):.2f}x |")
+    lines.append("")
     lines += ["## Correctness (patched vs upstream, random logits with many ties)", "",
               "| case | ids equal | max rel weight diff |", "|---|---|---|"]
     for case, c in r["checks"].items():

@@ -4,9 +4,11 @@ Contract: ids = the top-k experts by logit, largest first, equal logits by lower
 IEEE totalOrder of the logit widened to fp32 (so +NaN ranks first, like torch.topk, and +0.0 above
 -0.0); weights = softmax(logits[ids]) * per_expert_scale[ids] as fp32; ids int32.
 
-The CPU tests run the installed kernels under Triton's interpreter (CPU tensors) and force every launch
-shape on small batches; the GPU-marked tests run the same checks compiled, on large batches too, and
-compare with the previous one-token-per-program kernel bit for bit on the ids.
+The router has two kernels (gemma4_routing_tiled): the network kernel (topk <= 8, the default there)
+and the rounds kernel (any topk). The CPU tests run the installed kernels under Triton's interpreter
+(CPU tensors) and force every launch shape of both on small batches; the GPU-marked tests run the same
+checks compiled, on large batches too, and compare with the previous one-token-per-program kernel bit
+for bit on the ids.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ ROUTING = "sglang.kernels.ops.moe.gemma4_routing"
 TILED = "sglang.kernels.ops.moe.gemma4_routing_tiled"
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# Launch shapes (block_t, num_warps, chunks) that choose_launch_shape can return, plus others.
+# Rounds kernel: launch shapes (block_t, num_warps, chunks) that choose_launch_shape can return,
+# plus others.
 FORCED_SHAPES = ((1, 1, 1), (8, 4, 1), (8, 1, 4), (4, 1, 2), (32, 4, 4), (2, 1, 1), (16, 2, 2))
+# Network kernel: groups of 8 keys per lane.
+NETWORK_GROUPS = (1, 2, 4, 8)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -149,17 +154,16 @@ def test_matches_reference_cpu(interp, dtype, num_experts, topk, num_tokens):
     assert_matches_reference(weights, ids, x, s, topk)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_large_batch_cpu(interp, dtype):
-    """T=4096 and T=4097 take the multi-token launch shape (4 pieces per row)."""
+def test_large_batch_cpu(interp):
+    """T=4096 takes the prefill shape of the network kernel (32 keys per lane). One dtype here, as
+    the interpreter takes about a minute per dtype; the GPU twin runs all three at 4096 and 4097,
+    and test_every_network_shape_cpu runs G=4 on all three with a partial last program."""
     routing, tiled = interp
-    assert tiled.choose_launch_shape(4096, 128, 8) == (8, 1, 4)
-    assert tiled.choose_launch_shape(4097, 128, 8) == (8, 1, 4)
-    x = special_logits(4097, 128, dtype, seed=3)
+    assert tiled.choose_network_groups(4096, 128) == tiled.choose_network_groups(4097, 128) == 4
+    x = special_logits(4096, 128, torch.bfloat16, seed=3)
     s = _scale(128)
-    rows = 4096 if dtype == torch.bfloat16 else 4097
-    weights, ids = routing.gemma4_fused_routing(x[:rows], s, 8)
-    assert_matches_reference(weights, ids, x[:rows], s, 8)
+    weights, ids = routing.gemma4_fused_routing(x, s, 8)
+    assert_matches_reference(weights, ids, x, s, 8)
 
 
 @pytest.mark.parametrize("shape", FORCED_SHAPES, ids=lambda s: "bt%d_w%d_c%d" % s)
@@ -175,6 +179,52 @@ def test_every_launch_shape_cpu(interp, shape, dtype):
         x, s, 8, block_t=block_t, num_warps=num_warps, chunks=chunks
     )
     assert_matches_reference(weights, ids, x, s, 8)
+
+
+@pytest.mark.parametrize("groups", NETWORK_GROUPS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_every_network_shape_cpu(interp, groups, dtype):
+    """Each network shape on a small batch with a partial last program (32 / L tokens each)."""
+    _, tiled = interp
+    lanes = 128 // (8 * groups)
+    num_tokens = 2 * (32 // lanes) + 3
+    x = special_logits(num_tokens, 128, dtype, seed=groups)
+    s = _scale(128)
+    weights, ids = tiled.gemma4_routing_tiled(x, s, 8, groups=groups)
+    assert_matches_reference(weights, ids, x, s, 8)
+
+
+@pytest.mark.parametrize(
+    "num_experts,topk,groups",
+    [(5, 5, 1), (8, 8, 1), (30, 7, 2), (100, 8, 4), (100, 3, 8), (1000, 8, 4), (1000, 2, 8),
+     (1024, 8, 4), (256, 1, 1), (64, 6, 8), (2, 1, 1)],
+)
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float32), ids=str)
+def test_network_odd_expert_counts_cpu(interp, num_experts, topk, groups, dtype):
+    """E below 8 or not a power of two (padding keys), every K <= 8, odd E (no 32-bit words)."""
+    _, tiled = interp
+    x = special_logits(11, num_experts, dtype, seed=num_experts + topk)
+    s = _scale(num_experts)
+    weights, ids = tiled.gemma4_routing_tiled(x, s, topk, groups=groups)
+    assert_matches_reference(weights, ids, x, s, topk)
+
+
+def test_default_kernel_by_topk_cpu(interp, monkeypatch):
+    """topk <= 8 runs the network kernel, topk > 8 the rounds kernel; forcing works both ways."""
+    _, tiled = interp
+    calls = []
+    for name in ("_network_launch", "_rounds_launch"):
+        real = getattr(tiled, name)
+        monkeypatch.setattr(
+            tiled, name, lambda *a, _real=real, _name=name: (calls.append(_name), _real(*a))[1]
+        )
+    x, s = special_logits(9, 64, torch.bfloat16), _scale(64)
+    for topk, method, want in ((8, None, "_network_launch"), (9, None, "_rounds_launch"),
+                               (8, "rounds", "_rounds_launch"), (1, "network", "_network_launch")):
+        calls.clear()
+        weights, ids = tiled.gemma4_routing_tiled(x, s, topk, method=method)
+        assert calls == [want], (topk, method, calls)
+        assert_matches_reference(weights, ids, x, s, topk)
 
 
 @pytest.mark.parametrize(
@@ -204,7 +254,9 @@ def test_strided_inputs_cpu(interp):
     rows_strided = wide[:, 10:138]  # row stride 300
     cols_strided = torch.randn(128, 9).to(torch.bfloat16).t()  # column stride 9
     scale = _scale(256)[::2]  # non-contiguous scale
-    for x in (rows_strided, cols_strided):
+    odd_start = wide[:, 11:139]  # rows start 2 bytes off a 32-bit word: 16-bit loads
+    odd_stride = torch.randn(9, 301).to(torch.float16)[:, 1:129]  # odd row stride
+    for x in (rows_strided, cols_strided, odd_start, odd_stride):
         weights, ids = routing.gemma4_fused_routing(x, scale, 8)
         assert_matches_reference(weights, ids, x, scale, 8)
 
@@ -212,7 +264,7 @@ def test_strided_inputs_cpu(interp):
 def test_scale_dtypes_cpu(interp):
     routing, _ = interp
     x = torch.randn(5, 128).to(torch.bfloat16)
-    for scale_dtype in (torch.float32, torch.bfloat16, torch.float16):
+    for scale_dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
         s = _scale(128).to(scale_dtype)
         weights, ids = routing.gemma4_fused_routing(x, s, 8)
         assert_matches_reference(weights, ids, x, s, 8)
@@ -244,6 +296,22 @@ def test_launch_shape_choice():
     assert tiled.choose_launch_shape(16384, 1024, 8) == (1, 1, 4)
     assert tiled.choose_launch_shape(2000, 1024, 8) == (1, 1, 4)
     assert tiled.choose_launch_shape(2000, 16, 8) == (8, 1, 2)  # pieces of >= 8 experts
+
+
+def test_network_groups_choice():
+    tiled = importlib.import_module(TILED)
+    groups = {t: tiled.choose_network_groups(t, 128) for t in (1, 32, 33, 2048, 2049, 16384)}
+    assert groups == {1: 1, 32: 1, 33: 2, 2048: 2, 2049: 4, 16384: 4}
+    # A token spans at most 32 lanes and a lane holds at least one group of 8.
+    assert tiled.choose_network_groups(1, 1024) == 4  # 32 lanes of 32 keys
+    assert tiled.choose_network_groups(16384, 1024) == 4
+    assert tiled.choose_network_groups(16384, 16) == 2
+    assert tiled.choose_network_groups(16384, 5) == 1  # padded to 8 keys
+    for t in (1, 600, 5000):
+        for e in (1, 8, 30, 128, 256, 1000, 1024):
+            g = tiled.choose_network_groups(t, e)
+            block_e = max(8, 1 << (e - 1).bit_length())
+            assert g in (1, 2, 4, 8) and 8 * g <= block_e and block_e // (8 * g) <= 32
 
 
 @pytest.mark.parametrize(
@@ -279,6 +347,18 @@ def test_bad_launch_overrides_raise():
         tiled.gemma4_routing_tiled(x, s, 8, num_warps=0)
     with pytest.raises(ValueError, match="chunks"):
         tiled.gemma4_routing_tiled(x, s, 8, chunks=32)
+    with pytest.raises(ValueError, match="groups must be 1, 2, 4 or 8"):
+        tiled.gemma4_routing_tiled(x, s, 8, groups=3)
+    with pytest.raises(ValueError, match="groups must be 1, 2, 4 or 8"):
+        tiled.gemma4_routing_tiled(x[:, :16], s[:16], 8, groups=4)  # 32 keys for 16 experts
+    with pytest.raises(ValueError, match="at most 8 experts per token"):
+        tiled.gemma4_routing_tiled(x, s, 9, method="network")
+    with pytest.raises(ValueError, match="method must be"):
+        tiled.gemma4_routing_tiled(x, s, 8, method="sort")
+    with pytest.raises(ValueError, match="apply to method='rounds' only"):
+        tiled.gemma4_routing_tiled(x, s, 8, method="network", block_t=8)
+    with pytest.raises(ValueError, match="groups applies to method='network' only"):
+        tiled.gemma4_routing_tiled(x, s, 8, method="rounds", groups=2)
 
 
 def test_empty_batch_returns_typed_empty_outputs():
@@ -333,6 +413,21 @@ def test_every_launch_shape_gpu(shape, dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("groups", NETWORK_GROUPS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("num_experts", (30, 128, 256, 1024))
+def test_every_network_shape_gpu(groups, dtype, num_experts):
+    tiled = importlib.import_module(TILED)
+    block_e = 1 << (num_experts - 1).bit_length()
+    if 8 * groups > block_e or block_e // (8 * groups) > 32:
+        pytest.skip(f"groups={groups} is not a shape for E={num_experts}")
+    x = special_logits(4096 + 3, num_experts, dtype, seed=groups).cuda()
+    for s in (_scale(num_experts).cuda(), _scale(num_experts).cuda().bfloat16()):
+        weights, ids = tiled.gemma4_routing_tiled(x, s, 8, groups=groups)
+        assert_matches_reference(weights, ids, x, s, 8)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("num_tokens", (1, 7, 64, 4096, 16384))
 def test_same_ids_as_previous_kernel_gpu(dtype, num_tokens):
@@ -349,17 +444,23 @@ def test_same_ids_as_previous_kernel_gpu(dtype, num_tokens):
     torch.testing.assert_close(w_new, w_old, rtol=1e-6, atol=0.0)
 
 
+def _compiled_variants(kernel) -> int:
+    caches = getattr(kernel, "device_caches", None)
+    if caches is not None:  # triton >= 3.2: device -> (kernel cache, ...)
+        return sum(len(entry[0]) for entry in caches.values())
+    return sum(len(c) for c in kernel.cache.values())
+
+
 @pytest.mark.gpu
-def test_no_recompile_for_new_token_counts_gpu():
+@pytest.mark.parametrize("method,kernel", [("network", "_gemma4_routing_network_kernel"),
+                                           ("rounds", "_gemma4_routing_tiled_kernel")])
+def test_no_recompile_for_new_token_counts_gpu(method, kernel):
     tiled = importlib.import_module(TILED)
-    kernel = tiled._gemma4_routing_tiled_kernel
+    kernel = getattr(tiled, kernel)
     s = _scale(128).cuda()
     counts = []
     for num_tokens in (8193, 9000, 12289, 16384, 16001):
-        tiled.gemma4_routing_tiled(torch.randn(num_tokens, 128, device="cuda").bfloat16(), s, 8)
-        caches = getattr(kernel, "device_caches", None)
-        if caches is not None:  # triton >= 3.2: device -> (kernel cache, ...)
-            counts.append(sum(len(entry[0]) for entry in caches.values()))
-        else:
-            counts.append(sum(len(c) for c in kernel.cache.values()))
+        x = torch.randn(num_tokens, 128, device="cuda").bfloat16()
+        tiled.gemma4_routing_tiled(x, s, 8, method=method)
+        counts.append(_compiled_variants(kernel))
     assert counts[-1] == counts[0], f"compiled variants grew with T: {counts}"

@@ -9,29 +9,40 @@ For router logits ``x`` [T, E] (bf16, fp16 or fp32, E <= 1024) and a per-expert 
 This is the contract of ``gemma4_fused_routing`` (sglang.kernels.ops.moe.gemma4_routing), which calls
 into this module. The previous kernel there runs one single-warp program per token and sorts all E
 packed (key, id) pairs with a 64-bit bitonic sort: at prefill sizes the sort, not memory, is the cost
-(24 us for 16384 tokens on H100 against a memory floor under 2 us). This kernel:
+(24 us for 16384 tokens on H100/H200 against a copy of the same bytes in under 3 us).
 
-* selects the top-k in k rounds of "largest key not above the previous one". Keys are unique (the
-  expert id is packed into the low bits), so a round is one subtraction and one unsigned min per
-  logit plus a reduction over the lanes that hold the row; the logits tile is never rewritten;
-* packs bf16 and fp16 logits into 32-bit keys (16 order-mapped value bits, then ``1023 - id``); only
-  fp32 logits need 64-bit keys;
-* chooses the launch shape from T (``choose_launch_shape``): one token per warp up to 1024 tokens,
-  then several tokens per warp with each row loaded as 4 pieces held by the same lanes, so a round
-  reduces over 4 lanes (at E=128) instead of 32;
-* fetches each selected expert's scale during the rounds, hiding that load;
-* takes T, E and K at run time: a new token count never recompiles; E and K only pick power-of-two
-  tile sizes.
+Every logit becomes one unsigned integer key: the logit's bits mapped so that integer order is IEEE
+totalOrder of the value widened to fp32, then ``1023 - expert id`` in the low 10 bits. Keys are
+unique, so "largest key" is "largest logit, lower id on ties"; bf16 and fp16 keys fit 32 bits, fp32
+keys take 64. Two kernels select on these keys:
+
+* the network kernel (topk <= 8, the Gemma-4 case): one warp per program holds 32 // L tokens, each
+  token spread over L lanes with 8 * G keys per lane (G "groups" of 8). A lane sorts each of its
+  groups with a 19-comparator network, merges its groups pairwise into its own top 8 (the larger of
+  a[i] and b[7 - i] is a bitonic sequence holding the top 8 of two sorted lists; a 12-comparator
+  bitonic merge sorts it), then the L lanes merge the same way across butterfly shuffles, so every
+  lane of a token ends with the token's sorted top 8. Only min / max on integers: about 70
+  instructions per token at E=128 (G=4, L=4), and no shared memory. Lane q then writes slots
+  q * 8 / L ...; the softmax denominator is a sum over the token's lanes. G is chosen from T
+  (``choose_network_groups``): fewer keys per lane (more lanes, shorter per-warp latency) for small
+  batches, 32 keys per lane (fewest instructions per token) for prefill;
+* the rounds kernel (any topk): k rounds of "largest key not above the previous one" over a tile of
+  tokens (one subtraction and one unsigned min per logit, then a reduction over the lanes holding the
+  row), launch shape from ``choose_launch_shape``. It serves topk > 8 and stays available for A/B.
+
+Both take T at run time (a new token count never recompiles); E and K only pick tile sizes.
 
 Ordering is IEEE-754 totalOrder of the logit widened to fp32, as in the previous kernel:
 -NaN < -inf < ... < -0.0 < +0.0 < ... < +inf < +NaN, so the positive NaNs torch produces rank first,
 as in ``torch.topk``. Weights follow ``torch.softmax`` over the selected logits: a row whose selected
 logits include a NaN or +inf, or are all -inf, gets NaN weights (the previous kernel returned a mix of
 NaN and unnormalised values for such rows). On finite rows the ids equal the previous kernel's bit for
-bit and the weights agree to about 4e-7 relative (benchmark/gemma4/results/routing_h100.md).
+bit and the weights agree to under 1e-6 relative (benchmark/gemma4/results/routing_*.md).
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
@@ -39,10 +50,344 @@ import triton.language as tl
 
 MAX_EXPERTS = 1024  # the expert id lives in the low 10 bits of a key
 SUPPORTED_LOGIT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+NETWORK_MAX_TOPK = 8  # the network kernel keeps the top 8 of every token
 
-# Token count up to which the one-token launch shape is used (H100 sweeps in
+# Token count up to which the rounds kernel uses one token per warp (H100 sweeps in
 # benchmark/gemma4/results/routing_h100.md and routing_h100_a128c3d.md).
 _ONE_TOKEN_MAX = 1024
+
+# Token counts up to which the network kernel uses 8 and 16 keys per lane (H200 sweep in
+# benchmark/gemma4/results/routing_h200.md); beyond, 32 keys per lane.
+_NETWORK_G1_MAX = 32
+_NETWORK_G2_MAX = 2048
+
+
+# ----------------------------------------------------------------------------------------------
+# Network kernel.
+
+
+@triton.jit
+def _cx(a, b):
+    """Compare-exchange: (larger, smaller)."""
+    return tl.maximum(a, b), tl.minimum(a, b)
+
+
+@triton.jit
+def _sort8(x0, x1, x2, x3, x4, x5, x6, x7):
+    """Sorts eight tensors elementwise, largest first (19 comparators, depth 6)."""
+    x0, x2 = _cx(x0, x2)
+    x1, x3 = _cx(x1, x3)
+    x4, x6 = _cx(x4, x6)
+    x5, x7 = _cx(x5, x7)
+    x0, x4 = _cx(x0, x4)
+    x1, x5 = _cx(x1, x5)
+    x2, x6 = _cx(x2, x6)
+    x3, x7 = _cx(x3, x7)
+    x0, x1 = _cx(x0, x1)
+    x2, x3 = _cx(x2, x3)
+    x4, x5 = _cx(x4, x5)
+    x6, x7 = _cx(x6, x7)
+    x2, x4 = _cx(x2, x4)
+    x3, x5 = _cx(x3, x5)
+    x1, x4 = _cx(x1, x4)
+    x3, x6 = _cx(x3, x6)
+    x1, x2 = _cx(x1, x2)
+    x3, x4 = _cx(x3, x4)
+    x5, x6 = _cx(x5, x6)
+    return x0, x1, x2, x3, x4, x5, x6, x7
+
+
+@triton.jit
+def _bitonic8(x0, x1, x2, x3, x4, x5, x6, x7):
+    """Sorts a bitonic sequence of eight, largest first (12 comparators)."""
+    x0, x4 = _cx(x0, x4)
+    x1, x5 = _cx(x1, x5)
+    x2, x6 = _cx(x2, x6)
+    x3, x7 = _cx(x3, x7)
+    x0, x2 = _cx(x0, x2)
+    x1, x3 = _cx(x1, x3)
+    x4, x6 = _cx(x4, x6)
+    x5, x7 = _cx(x5, x7)
+    x0, x1 = _cx(x0, x1)
+    x2, x3 = _cx(x2, x3)
+    x4, x5 = _cx(x4, x5)
+    x6, x7 = _cx(x6, x7)
+    return x0, x1, x2, x3, x4, x5, x6, x7
+
+
+@triton.jit
+def _top8_of_pairs(x0, x1, x2, x3, x4, x5, x6, x7):
+    """x_i: [P, 2, ...], two sorted lists per pair along axis 1 -> [P, ...], their sorted top 8."""
+    odd = (tl.arange(0, 2) == 1)[None, :, None, None]
+    c0 = tl.max(tl.where(odd, x7, x0), axis=1)
+    c1 = tl.max(tl.where(odd, x6, x1), axis=1)
+    c2 = tl.max(tl.where(odd, x5, x2), axis=1)
+    c3 = tl.max(tl.where(odd, x4, x3), axis=1)
+    c4 = tl.max(tl.where(odd, x3, x4), axis=1)
+    c5 = tl.max(tl.where(odd, x2, x5), axis=1)
+    c6 = tl.max(tl.where(odd, x1, x6), axis=1)
+    c7 = tl.max(tl.where(odd, x0, x7), axis=1)
+    return _bitonic8(c0, c1, c2, c3, c4, c5, c6, c7)
+
+
+@triton.jit
+def _group_merge(x0, x1, x2, x3, x4, x5, x6, x7, G: tl.constexpr, BT: tl.constexpr,
+                 L: tl.constexpr):
+    """[G, BT, L] sorted lists (per lane, in registers) -> [G // 2, BT, L]."""
+    shape: tl.constexpr = [G // 2, 2, BT, L]
+    return _top8_of_pairs(
+        tl.reshape(x0, shape), tl.reshape(x1, shape), tl.reshape(x2, shape),
+        tl.reshape(x3, shape), tl.reshape(x4, shape), tl.reshape(x5, shape),
+        tl.reshape(x6, shape), tl.reshape(x7, shape),
+    )
+
+
+@triton.jit
+def _xor(a, b):
+    return a ^ b
+
+
+@triton.jit
+def _partner(x, BT: tl.constexpr, L: tl.constexpr, S: tl.constexpr):
+    """The value held by the lane of the same token whose position along L differs in bit S.
+
+    A two-element xor reduction over that bit is one butterfly shuffle; x ^ (x ^ y) = y. The shape
+    (and so the layout) stays [BT, L], with L along the lanes.
+    """
+    h = tl.reshape(x, [BT, L // (2 * S), 2, S])
+    return tl.reshape(h ^ tl.reduce(h, 2, _xor, keep_dims=True), [BT, L])
+
+
+@triton.jit
+def _lane_merge(x0, x1, x2, x3, x4, x5, x6, x7, BT: tl.constexpr, L: tl.constexpr,
+                S: tl.constexpr):
+    """Both lanes of each pair (bit S of the lane position) end with the sorted top 8 of their
+    two lists (the second lane's bitonic sequence is the first's reversed)."""
+    c0 = tl.maximum(x0, _partner(x7, BT, L, S))
+    c1 = tl.maximum(x1, _partner(x6, BT, L, S))
+    c2 = tl.maximum(x2, _partner(x5, BT, L, S))
+    c3 = tl.maximum(x3, _partner(x4, BT, L, S))
+    c4 = tl.maximum(x4, _partner(x3, BT, L, S))
+    c5 = tl.maximum(x5, _partner(x2, BT, L, S))
+    c6 = tl.maximum(x6, _partner(x1, BT, L, S))
+    c7 = tl.maximum(x7, _partner(x0, BT, L, S))
+    return _bitonic8(c0, c1, c2, c3, c4, c5, c6, c7)
+
+
+@triton.jit
+def _pick(i: tl.constexpr, x0, x1, x2, x3, x4, x5, x6, x7):
+    if i == 0:
+        return x0
+    elif i == 1:
+        return x1
+    elif i == 2:
+        return x2
+    elif i == 3:
+        return x3
+    elif i == 4:
+        return x4
+    elif i == 5:
+        return x5
+    elif i == 6:
+        return x6
+    else:
+        return x7
+
+
+@triton.jit
+def _own_slot(j: tl.constexpr, q, SPL: tl.constexpr, NQ: tl.constexpr,
+              x0, x1, x2, x3, x4, x5, x6, x7):
+    """Key of slot q * SPL + j for the lane at position q (< NQ) along L."""
+    v = _pick(j, x0, x1, x2, x3, x4, x5, x6, x7)
+    for qq in tl.static_range(1, NQ):
+        v = tl.where(q == qq, _pick(qq * SPL + j, x0, x1, x2, x3, x4, x5, x6, x7), v)
+    return v
+
+
+@triton.jit
+def _key_value(k, KEY_MODE: tl.constexpr):
+    """fp32 logit of a key (the inverse of the order map; exact for bf16 / fp16 / fp32)."""
+    if KEY_MODE == 2:
+        o = (k >> 10).to(tl.uint32)
+        bits = tl.where(o >= 0x80000000, o ^ 0x80000000, o ^ 0xFFFFFFFF)
+        return bits.to(tl.float32, bitcast=True)
+    else:
+        o = (k >> 16).to(tl.int32)
+        bits16 = tl.where(o >= 0x8000, o ^ 0x8000, o ^ 0xFFFF)
+        if KEY_MODE == 0:
+            return (bits16 << 16).to(tl.float32, bitcast=True)  # bf16 -> fp32 is a shift
+        else:
+            return bits16.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def _load_scale(ptrs, SCALE_MODE: tl.constexpr, ASM_LOAD: tl.constexpr):
+    """per_expert_scale[ids] as fp32, in the layout ``ptrs`` already has.
+
+    A tl.load of a gather lets the compiler pick a load layout of its own and shuffle into and out
+    of it; an elementwise asm load keeps the ids' layout (about 0.1 us at 4096 tokens on H200).
+    The interpreter has no inline asm, so there it is a tl.load.
+    """
+    if not ASM_LOAD:
+        return tl.load(ptrs).to(tl.float32)
+    elif SCALE_MODE == 0:
+        return tl.inline_asm_elementwise("ld.global.nc.b32 $0, [$1];", "=r,l", [ptrs],
+                                         dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        raw = tl.inline_asm_elementwise("ld.global.nc.b16 $0, [$1];", "=h,l", [ptrs],
+                                        dtype=tl.int16, is_pure=True, pack=1)
+        if SCALE_MODE == 1:
+            return raw.to(tl.bfloat16, bitcast=True).to(tl.float32)
+        else:
+            return raw.to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit(do_not_specialize=["T"])
+def _gemma4_routing_network_kernel(
+    logits_ptr,  # [T, E] fp16 / bf16 / fp32, unit stride along E
+    scale_ptr,  # [E] fp32 / bf16 / fp16
+    weights_ptr,  # [T, K] fp32 out, contiguous
+    ids_ptr,  # [T, K] int32 out, contiguous
+    T,
+    E,
+    stride_t,
+    K: tl.constexpr,  # experts kept per token, <= 8
+    BLOCK_E: tl.constexpr,  # next power of two >= max(E, 8)
+    G: tl.constexpr,  # groups of 8 keys per lane
+    KEY_MODE: tl.constexpr,  # 0: bf16, 1: fp16 (32-bit keys), 2: fp32 (64-bit keys)
+    PACKED: tl.constexpr,  # 16-bit logits read as 32-bit words (E even, rows 4-byte aligned)
+    EVEN_E: tl.constexpr,  # E == BLOCK_E
+    SCALE_MODE: tl.constexpr,  # 0: fp32, 1: bf16, 2: fp16
+    ASM_LOAD: tl.constexpr,
+):
+    W: tl.constexpr = BLOCK_E // G  # experts of one group index across a token's lanes
+    L: tl.constexpr = W // 8  # lanes per token
+    BT: tl.constexpr = 32 // L  # tokens per program (one warp)
+    first_row = tl.program_id(0).to(tl.int64) * BT
+    logits_ptr += first_row * stride_t
+    weights_ptr += first_row * K
+    ids_ptr += first_row * K
+    rows_left = (T - first_row).to(tl.int32)
+
+    # The tile is loaded as [G * BT, W]: tile row s is group s // BT of token s % BT, spread over
+    # L lanes of 8 contiguous experts (16 bytes for 16-bit logits). The lanes and warp are filled by
+    # the BT * L = 32 (token, lane) pairs, so the G groups of a lane wrap into its registers.
+    sub = tl.arange(0, G * BT)
+    sub_row = sub % BT
+    row_ok = (sub_row < rows_left)[:, None]
+    if PACKED:
+        # Two logits per 32-bit word: the order map of both halves at once (flip all 16 bits of a
+        # negative half, only the sign bit of the others), then split into two keys.
+        W2: tl.constexpr = W // 2
+        word = (sub // BT * W2)[:, None] + tl.arange(0, W2)[None, :]
+        wptrs = (logits_ptr.to(tl.pointer_type(tl.uint32))
+                 + (sub_row * (stride_t // 2))[:, None] + word)
+        if EVEN_E:
+            wmask = row_ok
+        else:
+            wmask = row_ok & (2 * word < E)
+        w = tl.load(wptrs, mask=wmask, other=0, eviction_policy="evict_first")
+        w = w ^ ((((w >> 15) & 0x00010001) * 0x7FFF) | 0x80008000)
+        lo = 2 * word
+        key_lo = (w << 16) | (1023 - lo).to(tl.uint32)
+        key_hi = (w & 0xFFFF0000) | (1022 - lo).to(tl.uint32)
+        if not EVEN_E:
+            key_lo = tl.where(lo < E, key_lo, 0)
+            key_hi = tl.where(lo + 1 < E, key_hi, 0)
+        key = tl.reshape(tl.join(key_lo, key_hi), [G * BT, W])
+    else:
+        experts = (sub // BT * W)[:, None] + tl.arange(0, W)[None, :]
+        if EVEN_E:
+            col_ok = experts < BLOCK_E  # all true, known at compile time
+        else:
+            col_ok = experts < E
+        ptrs = logits_ptr + (sub_row * stride_t)[:, None] + experts
+        x = tl.load(ptrs, mask=row_ok & col_ok, other=0.0, eviction_policy="evict_first")
+        tag = 1023 - experts
+        if KEY_MODE == 2:
+            raw = x.to(tl.uint32, bitcast=True)
+            ordered = tl.where(raw >= 0x80000000, raw ^ 0xFFFFFFFF, raw | 0x80000000)
+            key = (ordered.to(tl.uint64) << 10) | tag.to(tl.uint64)
+        else:
+            b = x.to(tl.int16, bitcast=True).to(tl.int32)  # sign-extended
+            ordered = b ^ ((b >> 31) | 0x8000)  # 16-bit result
+            key = ((ordered << 16) | tag).to(tl.uint32, bitcast=True)
+        key = tl.where(col_ok, key, 0)  # padding keys are 0: below every real key but key 0
+
+    # Eight tensors [G, BT, L], one per position inside a group (which expert sits where does not
+    # matter: a key carries its id).
+    key = tl.reshape(key, [G, BT, L, 2, 2, 2])
+    a, b = tl.split(key)
+    a0, a1 = tl.split(a)
+    b0, b1 = tl.split(b)
+    x0, x1 = tl.split(a0)
+    x2, x3 = tl.split(a1)
+    x4, x5 = tl.split(b0)
+    x6, x7 = tl.split(b1)
+    x0, x1, x2, x3, x4, x5, x6, x7 = _sort8(x0, x1, x2, x3, x4, x5, x6, x7)
+    if G >= 8:
+        x0, x1, x2, x3, x4, x5, x6, x7 = _group_merge(x0, x1, x2, x3, x4, x5, x6, x7, G, BT, L)
+    if G >= 4:
+        x0, x1, x2, x3, x4, x5, x6, x7 = _group_merge(
+            x0, x1, x2, x3, x4, x5, x6, x7, 4, BT, L)
+    if G >= 2:
+        x0, x1, x2, x3, x4, x5, x6, x7 = _group_merge(x0, x1, x2, x3, x4, x5, x6, x7, 2, BT, L)
+    x0 = tl.reshape(x0, [BT, L])
+    x1 = tl.reshape(x1, [BT, L])
+    x2 = tl.reshape(x2, [BT, L])
+    x3 = tl.reshape(x3, [BT, L])
+    x4 = tl.reshape(x4, [BT, L])
+    x5 = tl.reshape(x5, [BT, L])
+    x6 = tl.reshape(x6, [BT, L])
+    x7 = tl.reshape(x7, [BT, L])
+    for s in tl.static_range(5):
+        if (1 << s) < L:
+            x0, x1, x2, x3, x4, x5, x6, x7 = _lane_merge(
+                x0, x1, x2, x3, x4, x5, x6, x7, BT, L, 1 << s)
+
+    # Every lane of a token holds its eight largest keys, x0 first. Lane q (< NQ) writes slots
+    # q * SPL .. q * SPL + SPL - 1, contiguous in its registers.
+    SPL: tl.constexpr = 8 // L if L < 8 else 1
+    NQ: tl.constexpr = L if L < 8 else 8
+    q = tl.arange(0, L)[None, :]
+    k0 = _own_slot(0, q, SPL, NQ, x0, x1, x2, x3, x4, x5, x6, x7)
+    if SPL == 8:
+        kk = tl.join(tl.join(tl.join(x0, x4), tl.join(x2, x6)),
+                     tl.join(tl.join(x1, x5), tl.join(x3, x7)))
+    elif SPL == 4:
+        k1 = _own_slot(1, q, SPL, NQ, x0, x1, x2, x3, x4, x5, x6, x7)
+        k2 = _own_slot(2, q, SPL, NQ, x0, x1, x2, x3, x4, x5, x6, x7)
+        k3 = _own_slot(3, q, SPL, NQ, x0, x1, x2, x3, x4, x5, x6, x7)
+        kk = tl.join(tl.join(k0, k2), tl.join(k1, k3))
+    elif SPL == 2:
+        kk = tl.join(k0, _own_slot(1, q, SPL, NQ, x0, x1, x2, x3, x4, x5, x6, x7))
+    else:
+        kk = tl.reshape(k0, [BT, L, 1])
+    kk = tl.reshape(kk, [BT, L, SPL])
+    slot = tl.reshape(tl.arange(0, L * SPL), [1, L, SPL])
+    rows = tl.arange(0, BT)[:, None, None]
+    keep = (slot < K) & (rows < rows_left)
+
+    # Softmax over the first K slots; its max is slot 0 (a NaN there stays a NaN, tl.max would
+    # drop it). -0.0 is the additive identity, so slots beyond K add nothing.
+    top = tl.reshape(_key_value(x0, KEY_MODE), [BT, L, 1])
+    ex = tl.where(slot < K, tl.exp(_key_value(kk, KEY_MODE) - top), -0.0)
+    denom = tl.sum(tl.sum(ex, axis=2), axis=1, keep_dims=True)
+    ids = (1023 - (kk & 1023)).to(tl.int32)
+    scale = _load_scale(scale_ptr + tl.where(keep, ids, 0), SCALE_MODE, ASM_LOAD)
+    weights = ex * tl.reshape(1.0 / denom, [BT, 1, 1]) * scale
+
+    # Stored as [BT, 8]-like rows so each lane writes its SPL slots as one vector.
+    slot2 = tl.arange(0, L * SPL)[None, :]
+    rows2 = tl.arange(0, BT)[:, None]
+    out = rows2 * K + slot2
+    keep = (slot2 < K) & (rows2 < rows_left)
+    tl.store(weights_ptr + out, tl.reshape(weights, [BT, L * SPL]), mask=keep)
+    tl.store(ids_ptr + out, tl.reshape(ids, [BT, L * SPL]), mask=keep)
+
+
+# ----------------------------------------------------------------------------------------------
+# Rounds kernel.
 
 
 @triton.jit
@@ -174,6 +519,32 @@ def _gemma4_routing_tiled_kernel(
     tl.store(ids_ptr + out_off, ids, mask=out_mask)
 
 
+# ----------------------------------------------------------------------------------------------
+# Launch choices and the entry point.
+
+
+def choose_network_groups(num_tokens: int, num_experts: int) -> int:
+    """Groups of 8 keys per lane for the network kernel (8 * G keys per lane, L = BLOCK_E / 8G
+    lanes and 32 / L tokens per warp).
+
+    * up to 32 tokens: G=1 (16 lanes per token at E=128): the shortest chain per warp, which is all
+      a batch of a few programs waits for (1.45 against 1.49 us for G=2 at T=1 on H200);
+    * up to 2048: G=2 (8 lanes per token);
+    * beyond: G=4 (4 lanes per token): the fewest instructions per token, 2.30 us at 4096 tokens
+      against 2.32 (G=2) and 2.87 (G=8); G=8 only ties at 16384.
+
+    G is then clamped so that a token spans at most 32 lanes and a lane holds at least one group.
+    """
+    block_e = max(8, triton.next_power_of_2(num_experts))
+    if num_tokens <= _NETWORK_G1_MAX:
+        groups = 1
+    elif num_tokens <= _NETWORK_G2_MAX:
+        groups = 2
+    else:
+        groups = 4
+    return max(block_e // 256, min(groups, block_e // 8))
+
+
 def choose_launch_shape(num_tokens: int, num_experts: int, topk: int) -> tuple[int, int, int]:
     """(BLOCK_T, num_warps, chunks) for a batch of ``num_tokens`` tokens.
 
@@ -240,37 +611,52 @@ def _check_inputs(gating_output, per_expert_scale, topk) -> None:
         raise ValueError(f"topk must be in [1, E={num_experts}], got {topk}")
 
 
-def gemma4_routing_tiled(
-    gating_output: torch.Tensor,
-    per_expert_scale: torch.Tensor,
-    topk: int,
-    *,
-    block_t: int | None = None,
-    num_warps: int | None = None,
-    chunks: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gemma-4 router: top-k experts, softmax over their logits, times per_expert_scale[id].
+def _scale_mode(per_expert_scale: torch.Tensor) -> tuple[torch.Tensor, int]:
+    if per_expert_scale.dtype == torch.float32:
+        return per_expert_scale, 0
+    if per_expert_scale.dtype == torch.bfloat16:
+        return per_expert_scale, 1
+    if per_expert_scale.dtype == torch.float16:
+        return per_expert_scale, 2
+    return per_expert_scale.float(), 0  # float64 and other floating types: E values, once
 
-    Args:
-        gating_output: [T, E] router logits, fp16 / bf16 / fp32, E <= 1024.
-        per_expert_scale: [E] per-expert scale, any floating dtype, same device.
-        topk: experts kept per token, 1 <= topk <= E.
-        block_t, num_warps, chunks: override the launch shape (tokens per program, warps per program,
-            pieces per row; powers of two); by default chosen by ``choose_launch_shape``.
 
-    Returns:
-        (topk_weights [T, topk] float32, topk_ids [T, topk] int32).
-    """
-    _check_inputs(gating_output, per_expert_scale, topk)
+def _network_launch(gating_output, per_expert_scale, topk, groups, weights, ids) -> None:
     num_tokens, num_experts = gating_output.shape
-
-    topk_weights = torch.empty(
-        (num_tokens, topk), dtype=torch.float32, device=gating_output.device
+    block_e = max(8, triton.next_power_of_2(num_experts))
+    lanes = block_e // (8 * groups)
+    key_mode = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}[gating_output.dtype]
+    packed = (
+        key_mode < 2
+        and num_experts % 2 == 0
+        and gating_output.stride(0) % 2 == 0
+        and gating_output.data_ptr() % 4 == 0
     )
-    topk_ids = torch.empty((num_tokens, topk), dtype=torch.int32, device=gating_output.device)
-    if num_tokens == 0:
-        return topk_weights, topk_ids
+    scale, scale_mode = _scale_mode(per_expert_scale)
+    grid = (triton.cdiv(num_tokens, 32 // lanes),)
+    _gemma4_routing_network_kernel[grid](
+        gating_output,
+        scale,
+        weights,
+        ids,
+        num_tokens,
+        num_experts,
+        gating_output.stride(0),
+        K=topk,
+        BLOCK_E=block_e,
+        G=groups,
+        KEY_MODE=key_mode,
+        PACKED=packed,
+        EVEN_E=num_experts == block_e,
+        SCALE_MODE=scale_mode,
+        ASM_LOAD=os.environ.get("TRITON_INTERPRET", "0") != "1" and gating_output.is_cuda,
+        num_warps=1,
+    )
 
+
+def _rounds_launch(gating_output, per_expert_scale, topk, block_t, num_warps, chunks, weights,
+                   ids) -> None:
+    num_tokens, num_experts = gating_output.shape
     default_block_t, default_warps, default_chunks = choose_launch_shape(
         num_tokens, num_experts, topk
     )
@@ -280,11 +666,6 @@ def gemma4_routing_tiled(
         raise ValueError(f"block_t must be a power of two, got {block_t}")
     if num_warps < 1 or num_warps & (num_warps - 1):
         raise ValueError(f"num_warps must be a power of two, got {num_warps}")
-
-    if gating_output.stride(1) != 1:
-        gating_output = gating_output.contiguous()
-    per_expert_scale = per_expert_scale.contiguous()
-
     block_e = triton.next_power_of_2(num_experts)
     block_k = triton.next_power_of_2(topk)
     chunks = chunks if chunks is not None else default_chunks
@@ -293,19 +674,13 @@ def gemma4_routing_tiled(
             f"chunks must be a power of two with BLOCK_E // chunks >= BLOCK_K, got chunks={chunks} "
             f"for E={num_experts}, topk={topk}"
         )
-    if gating_output.dtype == torch.bfloat16:
-        key_mode = 0
-    elif gating_output.dtype == torch.float16:
-        key_mode = 1
-    else:
-        key_mode = 2
-
+    key_mode = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}[gating_output.dtype]
     grid = (triton.cdiv(num_tokens, block_t),)
     _gemma4_routing_tiled_kernel[grid](
         gating_output,
         per_expert_scale,
-        topk_weights,
-        topk_ids,
+        weights,
+        ids,
         num_tokens,
         num_experts,
         topk,
@@ -318,4 +693,73 @@ def gemma4_routing_tiled(
         EVEN_E=num_experts == block_e,
         num_warps=num_warps,
     )
+
+
+def gemma4_routing_tiled(
+    gating_output: torch.Tensor,
+    per_expert_scale: torch.Tensor,
+    topk: int,
+    *,
+    method: str | None = None,
+    groups: int | None = None,
+    block_t: int | None = None,
+    num_warps: int | None = None,
+    chunks: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gemma-4 router: top-k experts, softmax over their logits, times per_expert_scale[id].
+
+    Args:
+        gating_output: [T, E] router logits, fp16 / bf16 / fp32, E <= 1024.
+        per_expert_scale: [E] per-expert scale, any floating dtype, same device.
+        topk: experts kept per token, 1 <= topk <= E.
+        method: "network" (topk <= 8) or "rounds"; by default the network kernel when topk <= 8.
+        groups: network kernel only: groups of 8 keys per lane (1, 2, 4 or 8); by default
+            ``choose_network_groups``.
+        block_t, num_warps, chunks: rounds kernel only: tokens per program, warps per program,
+            pieces per row (powers of two); by default ``choose_launch_shape``.
+
+    Returns:
+        (topk_weights [T, topk] float32, topk_ids [T, topk] int32).
+    """
+    _check_inputs(gating_output, per_expert_scale, topk)
+    num_tokens, num_experts = gating_output.shape
+    rounds_args = (block_t, num_warps, chunks)
+    if method is None:
+        method = "rounds" if topk > NETWORK_MAX_TOPK or any(a is not None for a in rounds_args) \
+            else "network"
+    if method not in ("network", "rounds"):
+        raise ValueError(f"method must be 'network' or 'rounds', got {method!r}")
+    if method == "network":
+        if topk > NETWORK_MAX_TOPK:
+            raise ValueError(
+                f"the network kernel keeps at most {NETWORK_MAX_TOPK} experts per token, "
+                f"got topk={topk}; use method='rounds'"
+            )
+        if any(a is not None for a in rounds_args):
+            raise ValueError("block_t / num_warps / chunks apply to method='rounds' only")
+        block_e = max(8, triton.next_power_of_2(num_experts))
+        if groups is None:
+            groups = choose_network_groups(num_tokens, num_experts)
+        elif groups not in (1, 2, 4, 8) or 8 * groups > block_e or block_e // (8 * groups) > 32:
+            raise ValueError(
+                f"groups must be 1, 2, 4 or 8 with 8 <= BLOCK_E / groups <= 256, got groups={groups} "
+                f"for E={num_experts} (BLOCK_E={block_e})"
+            )
+    elif groups is not None:
+        raise ValueError("groups applies to method='network' only")
+
+    topk_weights = torch.empty(
+        (num_tokens, topk), dtype=torch.float32, device=gating_output.device
+    )
+    topk_ids = torch.empty((num_tokens, topk), dtype=torch.int32, device=gating_output.device)
+    if num_tokens == 0:
+        return topk_weights, topk_ids
+    if gating_output.stride(1) != 1:
+        gating_output = gating_output.contiguous()
+    per_expert_scale = per_expert_scale.contiguous()
+    if method == "network":
+        _network_launch(gating_output, per_expert_scale, topk, groups, topk_weights, topk_ids)
+    else:
+        _rounds_launch(gating_output, per_expert_scale, topk, block_t, num_warps, chunks,
+                       topk_weights, topk_ids)
     return topk_weights, topk_ids
