@@ -307,11 +307,16 @@ def test_network_groups_choice():
     assert tiled.choose_network_groups(16384, 1024) == 4
     assert tiled.choose_network_groups(16384, 16) == 2
     assert tiled.choose_network_groups(16384, 5) == 1  # padded to 8 keys
-    for t in (1, 600, 5000):
-        for e in (1, 8, 30, 128, 256, 1000, 1024):
-            g = tiled.choose_network_groups(t, e)
-            block_e = max(8, 1 << (e - 1).bit_length())
-            assert g in (1, 2, 4, 8) and 8 * g <= block_e and block_e // (8 * g) <= 32
+    # fp32 logits (64-bit keys): the short-chain shapes stay longer.
+    fp32 = {t: tiled.choose_network_groups(t, 128, 64) for t in (1, 1024, 1025, 4096, 4097, 8193)}
+    assert fp32 == {1: 1, 1024: 1, 1025: 2, 4096: 2, 4097: 4, 8193: 8}
+    with pytest.raises(ValueError, match="key_bits must be 32 or 64"):
+        tiled.choose_network_groups(1, 128, 16)
+    for t, e, bits in ((t, e, bits) for t in (1, 600, 5000, 9000) for bits in (32, 64)
+                       for e in (1, 8, 30, 128, 256, 1000, 1024)):
+        g = tiled.choose_network_groups(t, e, bits)
+        block_e = max(8, 1 << (e - 1).bit_length())
+        assert g in (1, 2, 4, 8) and 8 * g <= block_e and block_e // (8 * g) <= 32
 
 
 @pytest.mark.parametrize(

@@ -21,11 +21,11 @@ keys take 64. Two kernels select on these keys:
   groups with a 19-comparator network, merges its groups pairwise into its own top 8 (the larger of
   a[i] and b[7 - i] is a bitonic sequence holding the top 8 of two sorted lists; a 12-comparator
   bitonic merge sorts it), then the L lanes merge the same way across butterfly shuffles, so every
-  lane of a token ends with the token's sorted top 8. Only min / max on integers: about 70
-  instructions per token at E=128 (G=4, L=4), and no shared memory. Lane q then writes slots
-  q * 8 / L ...; the softmax denominator is a sum over the token's lanes. G is chosen from T
-  (``choose_network_groups``): fewer keys per lane (more lanes, shorter per-warp latency) for small
-  batches, 32 keys per lane (fewest instructions per token) for prefill;
+  lane of a token ends with the token's sorted top 8. Only min / max on integers: about 73 SASS
+  instructions per token at E=128 with bf16 logits (G=4, L=4), and no shared memory. Lane q then
+  writes slots q * 8 / L ...; the softmax denominator is a sum over the token's lanes. G is chosen
+  from T and the key width (``choose_network_groups``): fewer keys per lane (more lanes, a shorter
+  chain per warp) for small batches, 32 keys per lane (fewest instructions per token) for prefill;
 * the rounds kernel (any topk): k rounds of "largest key not above the previous one" over a tile of
   tokens (one subtraction and one unsigned min per logit, then a reduction over the lanes holding the
   row), launch shape from ``choose_launch_shape``. It serves topk > 8 and stays available for A/B.
@@ -56,10 +56,11 @@ NETWORK_MAX_TOPK = 8  # the network kernel keeps the top 8 of every token
 # benchmark/gemma4/results/routing_h100.md and routing_h100_a128c3d.md).
 _ONE_TOKEN_MAX = 1024
 
-# Token counts up to which the network kernel uses 8 and 16 keys per lane (H200 sweep in
-# benchmark/gemma4/results/routing_h200.md); beyond, 32 keys per lane.
-_NETWORK_G1_MAX = 32
-_NETWORK_G2_MAX = 2048
+# Network kernel: (largest token count, groups of 8 keys per lane), by key width (H200 sweeps in
+# benchmark/gemma4/results/routing_h200.md and routing_h200_fp32.md). 64-bit keys (fp32 logits) make
+# every min / max several instructions, so the short-chain shapes stay best up to larger batches.
+_NETWORK_GROUPS_32BIT = ((32, 1), (2048, 2), (None, 4))
+_NETWORK_GROUPS_64BIT = ((1024, 1), (4096, 2), (8192, 4), (None, 8))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -523,25 +524,25 @@ def _gemma4_routing_tiled_kernel(
 # Launch choices and the entry point.
 
 
-def choose_network_groups(num_tokens: int, num_experts: int) -> int:
+def choose_network_groups(num_tokens: int, num_experts: int, key_bits: int = 32) -> int:
     """Groups of 8 keys per lane for the network kernel (8 * G keys per lane, L = BLOCK_E / 8G
-    lanes and 32 / L tokens per warp).
+    lanes and 32 / L tokens per warp). key_bits: 32 for bf16 / fp16 logits, 64 for fp32.
 
-    * up to 32 tokens: G=1 (16 lanes per token at E=128): the shortest chain per warp, which is all
-      a batch of a few programs waits for (1.45 against 1.49 us for G=2 at T=1 on H200);
+    bf16 / fp16, E=128 (H200):
+    * up to 32 tokens: G=1 (16 lanes per token): the shortest chain per warp, which is all a batch
+      of a few programs waits for (1.45 against 1.49 us for G=2 at T=1);
     * up to 2048: G=2 (8 lanes per token);
     * beyond: G=4 (4 lanes per token): the fewest instructions per token, 2.30 us at 4096 tokens
       against 2.32 (G=2) and 2.87 (G=8); G=8 only ties at 16384.
+    fp32: G=1 up to 1024 tokens, G=2 up to 4096, G=4 up to 8192, then G=8.
 
     G is then clamped so that a token spans at most 32 lanes and a lane holds at least one group.
     """
+    if key_bits not in (32, 64):
+        raise ValueError(f"key_bits must be 32 or 64, got {key_bits}")
+    table = _NETWORK_GROUPS_32BIT if key_bits == 32 else _NETWORK_GROUPS_64BIT
+    groups = next(g for limit, g in table if limit is None or num_tokens <= limit)
     block_e = max(8, triton.next_power_of_2(num_experts))
-    if num_tokens <= _NETWORK_G1_MAX:
-        groups = 1
-    elif num_tokens <= _NETWORK_G2_MAX:
-        groups = 2
-    else:
-        groups = 4
     return max(block_e // 256, min(groups, block_e // 8))
 
 
@@ -739,7 +740,8 @@ def gemma4_routing_tiled(
             raise ValueError("block_t / num_warps / chunks apply to method='rounds' only")
         block_e = max(8, triton.next_power_of_2(num_experts))
         if groups is None:
-            groups = choose_network_groups(num_tokens, num_experts)
+            key_bits = 64 if gating_output.dtype == torch.float32 else 32
+            groups = choose_network_groups(num_tokens, num_experts, key_bits)
         elif groups not in (1, 2, 4, 8) or 8 * groups > block_e or block_e // (8 * groups) > 32:
             raise ValueError(
                 f"groups must be 1, 2, 4 or 8 with 8 <= BLOCK_E / groups <= 256, got groups={groups} "
