@@ -532,8 +532,8 @@ def choose_network_groups(num_tokens: int, num_experts: int, key_bits: int = 32)
     * up to 32 tokens: G=1 (16 lanes per token): the shortest chain per warp, which is all a batch
       of a few programs waits for (1.45 against 1.49 us for G=2 at T=1);
     * up to 2048: G=2 (8 lanes per token);
-    * beyond: G=4 (4 lanes per token): the fewest instructions per token, 2.30 us at 4096 tokens
-      against 2.32 (G=2) and 2.87 (G=8); G=8 only ties at 16384.
+    * beyond: G=4 (4 lanes per token): the fewest instructions per token, 2.32 us at 4096 tokens
+      against 2.35 (G=2) and 2.94 (G=8); G=8 only ties at 16384.
     fp32: G=1 up to 1024 tokens, G=2 up to 4096, G=4 up to 8192, then G=8.
 
     G is then clamped so that a token spans at most 32 lanes and a lane holds at least one group.
