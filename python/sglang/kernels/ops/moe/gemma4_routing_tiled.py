@@ -30,7 +30,9 @@ keys take 64. Two kernels select on these keys:
   tokens (one subtraction and one unsigned min per logit, then a reduction over the lanes holding the
   row), launch shape from ``choose_launch_shape``. It serves topk > 8 and stays available for A/B.
 
-Both take T at run time (a new token count never recompiles); E and K only pick tile sizes.
+Both take T and E at run time: token counts share compiled kernels, one per launch shape (the
+network kernel has at most four per logits dtype), and E only picks the power-of-two tile. The
+network kernel also compiles per topk (a model has one); the rounds kernel takes it at run time.
 
 Ordering is IEEE-754 totalOrder of the logit widened to fp32, as in the previous kernel:
 -NaN < -inf < ... < -0.0 < +0.0 < ... < +inf < +NaN, so the positive NaNs torch produces rank first,
