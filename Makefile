@@ -8,7 +8,7 @@ SERIES := $(VPY) tools/series.py
 UPSTREAM_VENV ?= .venv-upstream
 PYTEST_ARGS ?=
 
-.PHONY: engine engine-upstream test check export bench-pool bench-tree bench-vision bench-routing bench-probe bench-serving clean
+.PHONY: engine engine-upstream test check export bench-pool bench-tree bench-vision bench-routing routing-sass bench-probe bench-serving clean
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,10 @@ bench-vision: bench-tree
 bench-routing: bench-tree
 	$(VPY) benchmark/gemma4/bench_routing.py --upstream-file build/upstream_gemma4_routing.py \
 		--patched-root $(BENCH_TREE)/python --sweep --out benchmark/gemma4/results
+
+# Offline (CPU): SASS instruction counts of the router kernels for sm_90.
+routing-sass: engine
+	$(VPY) benchmark/gemma4/routing_sass.py
 
 bench-probe: $(VPY)
 	$(VPY) benchmark/gemma4/bench_page_table_probe.py --out benchmark/gemma4/results
