@@ -53,6 +53,9 @@ import triton.language as tl
 MAX_EXPERTS = 1024  # the expert id lives in the low 10 bits of a key
 SUPPORTED_LOGIT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 NETWORK_MAX_TOPK = 8  # the network kernel keeps the top 8 of every token
+# Triton fixes interpreted vs compiled when a kernel is decorated, i.e. at import; inline asm
+# exists only in compiled kernels.
+_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 # Token count up to which the rounds kernel uses one token per warp (H100 sweeps in
 # benchmark/gemma4/results/routing_h100.md and routing_h100_a128c3d.md).
@@ -63,6 +66,49 @@ _ONE_TOKEN_MAX = 1024
 # every min / max several instructions, so the short-chain shapes stay best up to larger batches.
 _NETWORK_GROUPS_32BIT = ((32, 1), (2048, 2), (None, 4))
 _NETWORK_GROUPS_64BIT = ((1024, 1), (4096, 2), (8192, 4), (None, 8))
+
+
+# ----------------------------------------------------------------------------------------------
+# Keys, shared by both kernels.
+
+
+@triton.jit
+def _make_keys(x, experts, valid, KEY_MODE: tl.constexpr):
+    """Unique integer key per logit: order-mapped logit bits on top, 1023 - expert id below (lower
+    id wins ties); 0 where ``valid`` is false (below every real key but key 0).
+
+    The map is IEEE totalOrder on the fp32 value: negative values get all bits flipped, others the
+    top bit set. bf16 and fp16 widen exactly to fp32, so their 16 bits order like the fp32 value (and
+    keep the sign of a NaN, whatever the widening instruction does with it).
+    """
+    tag = 1023 - experts
+    if KEY_MODE == 2:
+        raw = x.to(tl.uint32, bitcast=True)
+        ordered = tl.where(raw >= 0x80000000, raw ^ 0xFFFFFFFF, raw | 0x80000000)
+        key = (ordered.to(tl.uint64) << 10) | tag.to(tl.uint64)
+    else:
+        b = x.to(tl.int16, bitcast=True).to(tl.int32)  # sign-extended
+        ordered = b ^ ((b >> 31) | 0x8000)  # 16-bit result
+        key = ((ordered << 16) | tag).to(tl.uint32, bitcast=True)
+    return tl.where(valid, key, 0)
+
+
+@triton.jit
+def _decode_keys(chosen, KEY_MODE: tl.constexpr):
+    """Packed keys -> (expert ids int32, fp32 logit values); the inverse of the key build."""
+    ids = (1023 - (chosen & 1023)).to(tl.int32)
+    if KEY_MODE == 2:
+        ordered = (chosen >> 10).to(tl.uint32)
+        bits = tl.where(ordered >= 0x80000000, ordered ^ 0x80000000, ordered ^ 0xFFFFFFFF)
+        vals = bits.to(tl.float32, bitcast=True)
+    else:
+        ordered = (chosen >> 16).to(tl.int32)  # order-mapped 16-bit logit
+        bits16 = tl.where(ordered >= 0x8000, ordered ^ 0x8000, ordered ^ 0xFFFF)
+        if KEY_MODE == 0:
+            vals = (bits16 << 16).to(tl.float32, bitcast=True)  # bf16 -> fp32 is a shift
+        else:
+            vals = bits16.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    return ids, vals
 
 
 # ----------------------------------------------------------------------------------------------
@@ -208,22 +254,6 @@ def _own_slot(j: tl.constexpr, q, SPL: tl.constexpr, NQ: tl.constexpr,
 
 
 @triton.jit
-def _key_value(k, KEY_MODE: tl.constexpr):
-    """fp32 logit of a key (the inverse of the order map; exact for bf16 / fp16 / fp32)."""
-    if KEY_MODE == 2:
-        o = (k >> 10).to(tl.uint32)
-        bits = tl.where(o >= 0x80000000, o ^ 0x80000000, o ^ 0xFFFFFFFF)
-        return bits.to(tl.float32, bitcast=True)
-    else:
-        o = (k >> 16).to(tl.int32)
-        bits16 = tl.where(o >= 0x8000, o ^ 0x8000, o ^ 0xFFFF)
-        if KEY_MODE == 0:
-            return (bits16 << 16).to(tl.float32, bitcast=True)  # bf16 -> fp32 is a shift
-        else:
-            return bits16.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-
-
-@triton.jit
 def _load_scale(ptrs, SCALE_MODE: tl.constexpr, ASM_LOAD: tl.constexpr):
     """per_expert_scale[ids] as fp32, in the layout ``ptrs`` already has.
 
@@ -279,8 +309,8 @@ def _gemma4_routing_network_kernel(
     sub_row = sub % BT
     row_ok = (sub_row < rows_left)[:, None]
     if PACKED:
-        # Two logits per 32-bit word: the order map of both halves at once (flip all 16 bits of a
-        # negative half, only the sign bit of the others), then split into two keys.
+        # Two logits per 32-bit word: _make_keys' order map on both halves at once (flip all 16
+        # bits of a negative half, only the sign bit of the others), then split into two keys.
         W2: tl.constexpr = W // 2
         word = (sub // BT * W2)[:, None] + tl.arange(0, W2)[None, :]
         wptrs = (logits_ptr.to(tl.pointer_type(tl.uint32))
@@ -306,16 +336,7 @@ def _gemma4_routing_network_kernel(
             col_ok = experts < E
         ptrs = logits_ptr + (sub_row * stride_t)[:, None] + experts
         x = tl.load(ptrs, mask=row_ok & col_ok, other=0.0, eviction_policy="evict_first")
-        tag = 1023 - experts
-        if KEY_MODE == 2:
-            raw = x.to(tl.uint32, bitcast=True)
-            ordered = tl.where(raw >= 0x80000000, raw ^ 0xFFFFFFFF, raw | 0x80000000)
-            key = (ordered.to(tl.uint64) << 10) | tag.to(tl.uint64)
-        else:
-            b = x.to(tl.int16, bitcast=True).to(tl.int32)  # sign-extended
-            ordered = b ^ ((b >> 31) | 0x8000)  # 16-bit result
-            key = ((ordered << 16) | tag).to(tl.uint32, bitcast=True)
-        key = tl.where(col_ok, key, 0)  # padding keys are 0: below every real key but key 0
+        key = _make_keys(x, experts, col_ok, KEY_MODE)
 
     # Eight tensors [G, BT, L], one per position inside a group (which expert sits where does not
     # matter: a key carries its id).
@@ -373,10 +394,10 @@ def _gemma4_routing_network_kernel(
 
     # Softmax over the first K slots; its max is slot 0 (a NaN there stays a NaN, tl.max would
     # drop it). -0.0 is the additive identity, so slots beyond K add nothing.
-    top = tl.reshape(_key_value(x0, KEY_MODE), [BT, L, 1])
-    ex = tl.where(slot < K, tl.exp(_key_value(kk, KEY_MODE) - top), -0.0)
+    ids, vals = _decode_keys(kk, KEY_MODE)
+    _, top = _decode_keys(x0, KEY_MODE)
+    ex = tl.where(slot < K, tl.exp(vals - tl.reshape(top, [BT, L, 1])), -0.0)
     denom = tl.sum(tl.sum(ex, axis=2), axis=1, keep_dims=True)
-    ids = (1023 - (kk & 1023)).to(tl.int32)
     scale = _load_scale(scale_ptr + tl.where(keep, ids, 0), SCALE_MODE, ASM_LOAD)
     weights = ex * tl.reshape(1.0 / denom, [BT, 1, 1]) * scale
 
@@ -391,24 +412,6 @@ def _gemma4_routing_network_kernel(
 
 # ----------------------------------------------------------------------------------------------
 # Rounds kernel.
-
-
-@triton.jit
-def _decode_keys(chosen, KEY_MODE: tl.constexpr):
-    """Packed keys -> (expert ids int32, fp32 logit values); the inverse of the key build."""
-    ids = (1023 - (chosen & 1023)).to(tl.int32)
-    if KEY_MODE == 2:
-        ordered = (chosen >> 10).to(tl.uint32)
-        bits = tl.where(ordered >= 0x80000000, ordered ^ 0x80000000, ordered ^ 0xFFFFFFFF)
-        vals = bits.to(tl.float32, bitcast=True)
-    else:
-        ordered = (chosen >> 16).to(tl.int32)  # order-mapped 16-bit logit
-        bits16 = tl.where(ordered >= 0x8000, ordered ^ 0x8000, ordered ^ 0xFFFF)
-        if KEY_MODE == 0:
-            vals = (bits16 << 16).to(tl.float32, bitcast=True)  # bf16 -> fp32 is a shift
-        else:
-            vals = bits16.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-    return ids, vals
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -453,23 +456,10 @@ def _gemma4_routing_tiled_kernel(
     ptrs = logits_ptr + (sub_row * stride_t)[:, None] + experts
     x = tl.load(ptrs, mask=(sub_row < rows_left)[:, None] & col_ok, other=0.0)
 
-    # Key = order-mapped logit bits on top, 1023 - expert id below (lower id wins ties). The map
-    # is IEEE totalOrder on the fp32 value: negative values get all bits flipped, others the top
-    # bit set.
-    tag = 1023 - experts
+    key = _make_keys(x, experts, col_ok, KEY_MODE)
     if KEY_MODE == 2:
-        raw = x.to(tl.uint32, bitcast=True)
-        ordered = tl.where(raw >= 0x80000000, raw ^ 0xFFFFFFFF, raw | 0x80000000)
-        key = (ordered.to(tl.uint64) << 10) | tag.to(tl.uint64)
-        key = tl.where(col_ok, key, 0)
         limit = tl.full([BLOCK_T], -1, tl.int64).to(tl.uint64, bitcast=True)
     else:
-        # bf16 and fp16 widen exactly to fp32, so their 16 bits order like the fp32 value (and
-        # keep the sign of a NaN, whatever the widening instruction does with it).
-        b = x.to(tl.int16, bitcast=True).to(tl.int32)  # sign-extended
-        ordered = b ^ ((b >> 31) | 0x8000)  # 16-bit result
-        key = ((ordered << 16) | tag).to(tl.uint32, bitcast=True)
-        key = tl.where(col_ok, key, 0)
         limit = tl.full([BLOCK_T], 0xFFFFFFFF, tl.uint32)
     key = tl.reshape(key, [CHUNKS, BLOCK_T, W])
 
@@ -526,6 +516,18 @@ def _gemma4_routing_tiled_kernel(
 # Launch choices and the entry point.
 
 
+def _network_block_e(num_experts: int) -> int:
+    """The network kernel's tile width: a power of two, at least one group of 8."""
+    return max(8, triton.next_power_of_2(num_experts))
+
+
+def network_group_choices(num_experts: int) -> tuple[int, ...]:
+    """The G values the network kernel can run for E experts: a lane holds at least one group of 8
+    and a token spans at most 32 lanes (one warp)."""
+    block_e = _network_block_e(num_experts)
+    return tuple(g for g in (1, 2, 4, 8) if 8 * g <= block_e and block_e // (8 * g) <= 32)
+
+
 def choose_network_groups(num_tokens: int, num_experts: int, key_bits: int = 32) -> int:
     """Groups of 8 keys per lane for the network kernel (8 * G keys per lane, L = BLOCK_E / 8G
     lanes and 32 / L tokens per warp). key_bits: 32 for bf16 / fp16 logits, 64 for fp32.
@@ -538,14 +540,14 @@ def choose_network_groups(num_tokens: int, num_experts: int, key_bits: int = 32)
       against 2.35 (G=2) and 2.94 (G=8); G=8 only ties at 16384.
     fp32: G=1 up to 1024 tokens, G=2 up to 4096, G=4 up to 8192, then G=8.
 
-    G is then clamped so that a token spans at most 32 lanes and a lane holds at least one group.
+    G is then clamped into ``network_group_choices(num_experts)``.
     """
     if key_bits not in (32, 64):
         raise ValueError(f"key_bits must be 32 or 64, got {key_bits}")
     table = _NETWORK_GROUPS_32BIT if key_bits == 32 else _NETWORK_GROUPS_64BIT
     groups = next(g for limit, g in table if limit is None or num_tokens <= limit)
-    block_e = max(8, triton.next_power_of_2(num_experts))
-    return max(block_e // 256, min(groups, block_e // 8))
+    choices = network_group_choices(num_experts)
+    return max(choices[0], min(groups, choices[-1]))
 
 
 def choose_launch_shape(num_tokens: int, num_experts: int, topk: int) -> tuple[int, int, int]:
@@ -614,6 +616,22 @@ def _check_inputs(gating_output, per_expert_scale, topk) -> None:
         raise ValueError(f"topk must be in [1, E={num_experts}], got {topk}")
 
 
+def _key_mode(logits_dtype: torch.dtype) -> int:
+    """KEY_MODE of both kernels: 0 bf16, 1 fp16 (32-bit keys), 2 fp32 (64-bit keys)."""
+    return {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}[logits_dtype]
+
+
+def default_launch(num_tokens: int, num_experts: int, topk: int,
+                   logits_dtype: torch.dtype) -> tuple[str, dict]:
+    """(method, launch arguments) that ``gemma4_routing_tiled`` uses when nothing is forced, e.g.
+    ("network", {"groups": 4}) or ("rounds", {"block_t": 8, "num_warps": 1, "chunks": 4})."""
+    if topk > NETWORK_MAX_TOPK:
+        block_t, num_warps, chunks = choose_launch_shape(num_tokens, num_experts, topk)
+        return "rounds", {"block_t": block_t, "num_warps": num_warps, "chunks": chunks}
+    key_bits = 64 if _key_mode(logits_dtype) == 2 else 32
+    return "network", {"groups": choose_network_groups(num_tokens, num_experts, key_bits)}
+
+
 def _scale_mode(per_expert_scale: torch.Tensor) -> tuple[torch.Tensor, int]:
     if per_expert_scale.dtype == torch.float32:
         return per_expert_scale, 0
@@ -626,9 +644,9 @@ def _scale_mode(per_expert_scale: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 def _network_launch(gating_output, per_expert_scale, topk, groups, weights, ids) -> None:
     num_tokens, num_experts = gating_output.shape
-    block_e = max(8, triton.next_power_of_2(num_experts))
+    block_e = _network_block_e(num_experts)
     lanes = block_e // (8 * groups)
-    key_mode = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}[gating_output.dtype]
+    key_mode = _key_mode(gating_output.dtype)
     packed = (
         key_mode < 2
         and num_experts % 2 == 0
@@ -652,7 +670,7 @@ def _network_launch(gating_output, per_expert_scale, topk, groups, weights, ids)
         PACKED=packed,
         EVEN_E=num_experts == block_e,
         SCALE_MODE=scale_mode,
-        ASM_LOAD=os.environ.get("TRITON_INTERPRET", "0") != "1" and gating_output.is_cuda,
+        ASM_LOAD=not _INTERPRETED and gating_output.is_cuda,
         num_warps=1,
     )
 
@@ -677,7 +695,7 @@ def _rounds_launch(gating_output, per_expert_scale, topk, block_t, num_warps, ch
             f"chunks must be a power of two with BLOCK_E // chunks >= BLOCK_K, got chunks={chunks} "
             f"for E={num_experts}, topk={topk}"
         )
-    key_mode = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}[gating_output.dtype]
+    key_mode = _key_mode(gating_output.dtype)
     grid = (triton.cdiv(num_tokens, block_t),)
     _gemma4_routing_tiled_kernel[grid](
         gating_output,
@@ -727,9 +745,10 @@ def gemma4_routing_tiled(
     _check_inputs(gating_output, per_expert_scale, topk)
     num_tokens, num_experts = gating_output.shape
     rounds_args = (block_t, num_warps, chunks)
+    default_method, default_args = default_launch(num_tokens, num_experts, topk,
+                                                  gating_output.dtype)
     if method is None:
-        method = "rounds" if topk > NETWORK_MAX_TOPK or any(a is not None for a in rounds_args) \
-            else "network"
+        method = "rounds" if any(a is not None for a in rounds_args) else default_method
     if method not in ("network", "rounds"):
         raise ValueError(f"method must be 'network' or 'rounds', got {method!r}")
     if method == "network":
@@ -740,14 +759,12 @@ def gemma4_routing_tiled(
             )
         if any(a is not None for a in rounds_args):
             raise ValueError("block_t / num_warps / chunks apply to method='rounds' only")
-        block_e = max(8, triton.next_power_of_2(num_experts))
         if groups is None:
-            key_bits = 64 if gating_output.dtype == torch.float32 else 32
-            groups = choose_network_groups(num_tokens, num_experts, key_bits)
-        elif groups not in (1, 2, 4, 8) or 8 * groups > block_e or block_e // (8 * groups) > 32:
+            groups = default_args["groups"]  # topk <= 8: the default is the network kernel
+        elif groups not in network_group_choices(num_experts):
             raise ValueError(
                 f"groups must be 1, 2, 4 or 8 with 8 <= BLOCK_E / groups <= 256, got groups={groups} "
-                f"for E={num_experts} (BLOCK_E={block_e})"
+                f"for E={num_experts} (BLOCK_E={_network_block_e(num_experts)})"
             )
     elif groups is not None:
         raise ValueError("groups applies to method='network' only")
