@@ -117,8 +117,12 @@ def peak_copy_gbps() -> float:
     return 2 * n / best / 1e9
 
 
-def triton_next_pow2(n: int) -> int:
-    return 1 << (n - 1).bit_length()
+def launch_label(tiled, num_tokens, num_experts, topk, dtype) -> str:
+    """What the patched router launches by default, e.g. "network G=4"."""
+    method, args = tiled.default_launch(num_tokens, num_experts, topk, dtype)
+    if method == "network":
+        return f"network G={args['groups']}"
+    return f"rounds ({args['block_t']}, {args['num_warps']}, {args['chunks']})"
 
 
 def _git_commit() -> str:
@@ -215,10 +219,8 @@ def main() -> int:
             moved = read + write + E * 4
             logits = _buffers(read, mode == "cold", args.launches,
                               lambda: torch.randn(T, E, device="cuda").to(dtype))
-            method = "network" if K <= tiled.NETWORK_MAX_TOPK else "rounds"
-            shape = (f"network G={tiled.choose_network_groups(T, E)}" if method == "network"
-                     else "rounds %s" % (tiled.choose_launch_shape(T, E, K),))
-            row = {"mode": mode, "tokens": T, "bytes_moved": moved, "launch_shape": shape}
+            row = {"mode": mode, "tokens": T, "bytes_moved": moved,
+                   "launch_shape": launch_label(tiled, T, E, K, dtype)}
             for name, fn in variants.items():
                 row[f"{name}_us"] = _graph_time_us(fn, logits, args.launches, args.trials)
             half = moved // 2
@@ -248,9 +250,7 @@ def main() -> int:
             logits = _buffers(T * E * elem, True, args.launches,
                               lambda: torch.randn(T, E, device="cuda").to(dtype))
             entry = {"tokens": T}
-            for g in SWEEP_GROUPS:
-                if 8 * g > max(8, triton_next_pow2(E)) or max(8, triton_next_pow2(E)) // (8 * g) > 32:
-                    continue
+            for g in (g for g in SWEEP_GROUPS if g in tiled.network_group_choices(E)):
                 fn = lambda x, g=g: tiled.gemma4_routing_tiled(x, scale, K, groups=g)
                 entry[f"network_g{g}"] = _graph_time_us(fn, logits, args.launches, args.trials)
             for bt, nw, ch in SWEEP_SHAPES:

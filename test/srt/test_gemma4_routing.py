@@ -312,6 +312,15 @@ def test_network_groups_choice():
     assert fp32 == {1: 1, 1024: 1, 1025: 2, 4096: 2, 4097: 4, 8193: 8}
     with pytest.raises(ValueError, match="key_bits must be 32 or 64"):
         tiled.choose_network_groups(1, 128, 16)
+    assert tiled.network_group_choices(1024) == (4, 8)
+    assert tiled.network_group_choices(128) == (1, 2, 4, 8)
+    assert tiled.network_group_choices(30) == (1, 2, 4)
+    assert tiled.network_group_choices(5) == (1,)
+    # The wrapper's default, as the benchmark labels it.
+    assert tiled.default_launch(64, 128, 8, torch.float32) == ("network", {"groups": 1})
+    assert tiled.default_launch(64, 128, 8, torch.bfloat16) == ("network", {"groups": 2})
+    assert tiled.default_launch(5000, 128, 9, torch.bfloat16) == (
+        "rounds", {"block_t": 8, "num_warps": 1, "chunks": 4})
     for t, e, bits in ((t, e, bits) for t in (1, 600, 5000, 9000) for bits in (32, 64)
                        for e in (1, 8, 30, 128, 256, 1000, 1024)):
         g = tiled.choose_network_groups(t, e, bits)
@@ -423,8 +432,7 @@ def test_every_launch_shape_gpu(shape, dtype):
 @pytest.mark.parametrize("num_experts", (30, 128, 256, 1024))
 def test_every_network_shape_gpu(groups, dtype, num_experts):
     tiled = importlib.import_module(TILED)
-    block_e = 1 << (num_experts - 1).bit_length()
-    if 8 * groups > block_e or block_e // (8 * groups) > 32:
+    if groups not in tiled.network_group_choices(num_experts):
         pytest.skip(f"groups={groups} is not a shape for E={num_experts}")
     x = special_logits(4096 + 3, num_experts, dtype, seed=groups).cuda()
     for s in (_scale(num_experts).cuda(), _scale(num_experts).cuda().bfloat16()):
