@@ -53,9 +53,9 @@ import triton.language as tl
 MAX_EXPERTS = 1024  # the expert id lives in the low 10 bits of a key
 SUPPORTED_LOGIT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 NETWORK_MAX_TOPK = 8  # the network kernel keeps the top 8 of every token
-# Triton fixes interpreted vs compiled when a kernel is decorated, i.e. at import; inline asm
-# exists only in compiled kernels.
-_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# The scale gather's PTX inline asm needs compiled kernels (Triton fixes interpreted vs compiled when
+# a kernel is decorated, i.e. at import) on an NVIDIA target (ROCm builds of torch set version.hip).
+_PTX_ASM = os.environ.get("TRITON_INTERPRET", "0") != "1" and torch.version.hip is None
 
 # Token count up to which the rounds kernel uses one token per warp (H100 sweeps in
 # benchmark/gemma4/results/routing_h100.md and routing_h100_a128c3d.md).
@@ -259,7 +259,7 @@ def _load_scale(ptrs, SCALE_MODE: tl.constexpr, ASM_LOAD: tl.constexpr):
 
     A tl.load of a gather lets the compiler pick a load layout of its own and shuffle into and out
     of it; an elementwise asm load keeps the ids' layout (about 0.1 us at 4096 tokens on H200).
-    The interpreter has no inline asm, so there it is a tl.load.
+    The interpreter has no inline asm and AMD targets no PTX, so there it is a tl.load.
     """
     if not ASM_LOAD:
         return tl.load(ptrs).to(tl.float32)
@@ -670,7 +670,7 @@ def _network_launch(gating_output, per_expert_scale, topk, groups, weights, ids)
         PACKED=packed,
         EVEN_E=num_experts == block_e,
         SCALE_MODE=scale_mode,
-        ASM_LOAD=not _INTERPRETED and gating_output.is_cuda,
+        ASM_LOAD=_PTX_ASM and gating_output.is_cuda,
         num_warps=1,
     )
 
