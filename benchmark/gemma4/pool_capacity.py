@@ -1,20 +1,25 @@
 """Gemma-4 KV-pool capacity planner (CPU only: no GPU, no weights).
 
-For each Gemma-4 variant, GPU, workload and MTP on/off it resolves sglang's
-own ServerArgs as on that GPU, builds sglang's KVCacheConfigurator for the
-model geometry and sizes the pools with ``config_from_budget``; then it counts
-how many requests of the workload run at once without evicting any KV. Three
-split policies are compared on the same budget:
+For each Gemma-4 variant, GPU, workload, MTP on/off and what the deployment declares about request
+length, it resolves sglang's own ServerArgs as on that GPU, builds sglang's KVCacheConfigurator for the
+model geometry and sizes the pools with ``config_from_budget(budget)`` -- the call the engine makes with
+the budget it measured -- then counts how many requests of the workload run at once. Three policies on
+the same budget:
 
-* upstream: sglang 0.5.23 as released (swa_full_tokens_ratio 0.8, draft rows
-  reserved for the FROZEN_KV assistant, a buffer for every KV-shared layer);
-* reference: the reference series' rule (0.15 when the model is MoE, else
-  0.8), on the same 0.5.23 pool accounting;
-* series: this series (the ratio policy of gemma4_pool_sizing plus the
-  no-phantom-row and no-shared-layer-buffer pool fixes).
+* upstream: sglang 0.5.23 as released (swa_full_tokens_ratio 0.8, draft rows reserved for the FROZEN_KV
+  assistant, a buffer for every KV-shared layer);
+* reference: the reference series' rule (0.15 when the model is MoE, else 0.8) on 0.5.23's accounting;
+* series: this series (the Gemma-4 pool configurator of gemma4_pool_sizing, and the no-phantom-row and
+  no-shared-layer-buffer pool fixes).
 
-Needs the patched engine (``python -m pytest``-style import of ``sglang`` with
-the series applied). Run from the repository root:
+What the deployment declares (``declared`` column): ``expected`` = SGLANG_GEMMA4_EXPECTED_REQUEST_TOKENS
+is the workload's prompt + output; ``context=workload`` = --context-length is the workload's length;
+``context 131072`` = --context-length 131072; ``model default`` = nothing (the model's own context).
+
+The budget is the planner's estimate of what the engine would measure (kv_budget.py); requests that fit
+use the series' own request model (gemma4_pool_sizing.SplitModel.requests) for every policy.
+
+Needs the patched engine. Run from the repository root:
 
     python benchmark/gemma4/pool_capacity.py --out benchmark/gemma4/results
 
@@ -32,9 +37,11 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import kv_budget  # noqa: E402  (planner-only budget estimate)
 
 # Card sizes as torch/nvidia-smi report them (MiB), and the platform flag
 # that selects sglang's Gemma-4 defaults (attention backend, page size).
@@ -52,6 +59,9 @@ WORKLOADS = {
 VARIANTS = ["e2b", "e4b", "26b-a4b", "31b"]
 VARIANT_NAMES = {"e2b": "E2B", "e4b": "E4B", "26b-a4b": "26B-A4B", "31b": "31B"}
 POLICIES = ["upstream", "reference", "series"]
+# What the deployment declares about request length.
+DECLARED = ["expected", "context=workload", "context 131072", "model default"]
+EXPECTED_ENV = "SGLANG_GEMMA4_EXPECTED_REQUEST_TOKENS"
 MTP_ARGS = [
     "--speculative-algorithm",
     "NEXTN",
@@ -119,10 +129,7 @@ LAYOUTS = {
     "0.8 + no draft rows": (True, False),
     "0.8 + no shared buffers": (False, True),
     "0.8 + both pool fixes": (True, True),
-    "series, no declared length": (True, True),
 }
-UNDECLARED = "series, no declared length"
-ROBUSTNESS_SCALES = (0.9, 1.1)
 ATTRIBUTION = ["0.8 + no draft rows", "0.8 + no shared buffers", "0.8 + both pool fixes"]
 
 
@@ -173,46 +180,6 @@ def _reference_ratio(hf_config) -> float:
     return 0.15 if is_moe else 0.8
 
 
-def _max_concurrent(
-    *,
-    full_tokens: int,
-    swa_tokens: int,
-    request_tokens: int,
-    cap: int,
-    page_size: int,
-    window: int,
-    attn_dp_size: int,
-) -> Dict[str, Any]:
-    """Largest n <= cap with n requests' full rows and SWA residency in the pools."""
-    from sglang.srt.model_executor.pool_configurator import compute_swa_request_cap
-
-    def swa_need(n: int) -> int:
-        return compute_swa_request_cap(
-            page_size=page_size,
-            window=window,
-            attn_dp_size=attn_dp_size,
-            max_running_requests=n,
-        )
-
-    full_bound = full_tokens // request_tokens
-    lo, hi = 0, min(cap, full_bound)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if swa_need(mid) <= swa_tokens:
-            lo = mid
-        else:
-            hi = mid - 1
-    n = lo
-    if n >= cap:
-        binding = "request cap"
-    elif n >= full_bound:
-        binding = "full pool"
-    else:
-        binding = "SWA pool"
-    return {"requests": n, "binding": binding, "full_bound": full_bound}
-
-
-
 def _no_requests(base, kv_budget_gib, binding, **pool):
     """A result row where no request fits: empty pools, with whatever pool geometry is known."""
     row = {
@@ -234,6 +201,33 @@ def _no_requests(base, kv_budget_gib, binding, **pool):
     return row
 
 
+def declared_args(declared: str, request_tokens: int) -> Tuple[List[str], Dict[str, str]]:
+    """Server arguments and environment for what a deployment declares about request length."""
+    if declared == "expected":
+        return [], {EXPECTED_ENV: str(request_tokens)}
+    if declared == "context=workload":
+        return ["--context-length", str(request_tokens)], {}
+    if declared == "context 131072":
+        return ["--context-length", "131072"], {}
+    if declared == "model default":
+        return [], {}
+    raise ValueError(f"unknown declaration {declared!r}; known: {', '.join(DECLARED)}")
+
+
+@contextlib.contextmanager
+def _env(values: Dict[str, str]):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def plan_cell(
     *,
     variant_dir: str,
@@ -242,15 +236,13 @@ def plan_cell(
     workload: str,
     mtp: bool,
     policy: str,
-    budget_scale: float = 1.0,
+    declared: str = "expected",
 ) -> Dict[str, Any]:
-    """One cell. ``budget_scale`` sizes the pools from a budget off by that factor
-    from the estimate the policies see (the measured budget of a real GPU differs)."""
+    """One cell: pools from sglang's configurator on the planner's budget, and requests that fit."""
     import torch
 
     from sglang.srt import runtime_context as rc
     from sglang.srt.arg_groups.model_override_base import model_config_of, resolved_view
-    from sglang.srt.arg_groups.overrides import resolution_result
     from sglang.srt.mem_cache import gemma4_pool_sizing as sizing
     from sglang.srt.mem_cache.kv_cache_configurator import KVCacheConfigurator
     from sglang.srt.model_executor.model_runner_components.layer_setup import (
@@ -262,160 +254,127 @@ def plan_cell(
     from sglang.srt.model_executor.pool_configurator import create_memory_pool_configurator
     from sglang.srt.server_args import prepare_server_args
     from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
+    from sglang.srt.utils.hf_transformers_utils import get_config
 
     prompt, output = WORKLOADS[workload]
     request_tokens = prompt + output
-    args = [
-        "--model-path",
-        variant_dir,
-        "--device",
-        "cuda",
-        "--skip-tokenizer-init",
-        "--load-format",
-        "dummy",
-    ]
-    if policy != UNDECLARED:
-        args += ["--context-length", str(request_tokens)]
+    extra, env = declared_args(declared, request_tokens)
+    args = ["--model-path", variant_dir, "--device", "cuda", "--skip-tokenizer-init",
+            "--load-format", "dummy", *extra]
     if mtp:
         if assistant_dir is None:
             raise ValueError(f"no assistant config for {variant_dir}")
         args += MTP_ARGS + ["--speculative-draft-model-path", assistant_dir]
-    hf_probe = None
-    if policy not in ("series", UNDECLARED):
-        if policy != "reference":
-            ratio = sizing.UPSTREAM_DEFAULT_RATIO
-        else:
-            from sglang.srt.utils.hf_transformers_utils import get_config
-
-            hf_probe = get_config(variant_dir, trust_remote_code=False)
-            ratio = _reference_ratio(hf_probe)
+    if policy == "upstream" or policy in ATTRIBUTION:
+        args += ["--swa-full-tokens-ratio", str(sizing.UPSTREAM_DEFAULT_RATIO)]
+    elif policy == "reference":
+        ratio = _reference_ratio(get_config(variant_dir, trust_remote_code=False))
         args += ["--swa-full-tokens-ratio", str(ratio)]
-    layout = _pool_layout(*LAYOUTS[policy])
+    elif policy != "series":
+        raise ValueError(f"unknown policy {policy!r}")
     spec = GPUS[gpu]
     reasons = _Capture()
     sizing_log = logging.getLogger(sizing.__name__)
     sizing_log.addHandler(reasons)
     sizing_log.setLevel(logging.INFO)
     sizing._LOGGED.clear()
-    with layout, _gpu_capacity(spec["mib"]), rc.override_platform(**spec["platform"]):
-        try:
+    try:
+        with _env(env), _pool_layout(*LAYOUTS[policy]), _gpu_capacity(spec["mib"]), \
+                rc.override_platform(**spec["platform"]):
             server_args = prepare_server_args(args)
             server_args.resolve_once()
-        finally:
-            sizing_log.removeHandler(reasons)
-        rc.publish(server_args, role="test")
-        view = resolved_view(server_args)
-        model_config = model_config_of(server_args)
-        hf_config = model_config.hf_config
-        algo = SpeculativeAlgorithm.from_string(view.speculative_algorithm)
-        draft_weight_bytes = 0
-        if mtp:
-            from sglang.srt.utils.hf_transformers_utils import get_config
-
-            draft_weight_bytes = sizing.estimate_weight_bytes(
-                get_config(assistant_dir, trust_remote_code=False)
+            rc.publish(server_args, role="test")
+            view = resolved_view(server_args)
+            model_config = model_config_of(server_args)
+            hf_config = model_config.hf_config
+            algo = SpeculativeAlgorithm.from_string(view.speculative_algorithm)
+            draft_weight_bytes = 0
+            if mtp:
+                draft_weight_bytes = kv_budget.estimate_weight_bytes(
+                    get_config(assistant_dir, trust_remote_code=False)
+                )
+            budget = kv_budget.estimate_kv_budget_from_args(
+                view, hf_config, is_multimodal=bool(model_config.is_multimodal),
+                draft_weight_bytes=draft_weight_bytes,
             )
-        budget = sizing.estimate_kv_budget_from_args(
-            view,
-            hf_config,
-            is_multimodal=bool(model_config.is_multimodal),
-            draft_weight_bytes=draft_weight_bytes,
-        )
-        base = {
-            "variant": _variant_name(variant_dir),
-            "gpu": gpu,
-            "workload": workload,
-            "mtp": mtp,
-            "policy": policy,
-            "ratio": float(resolution_result(server_args, "swa_full_tokens_ratio")),
-            "mem_fraction_static": float(view.mem_fraction_static),
-            "chunked_prefill_size": int(view.chunked_prefill_size),
-            "page_size": int(view.page_size),
-            "request_tokens": request_tokens,
-            "policy_log": reasons.messages,
-        }
-        if budget is not None:
-            budget = int(budget * budget_scale)
-        base["budget_scale"] = budget_scale
-        if budget is None:
-            return _no_requests(base, 0.0, "no KV budget (weights exceed the static fraction)")
-        layer_info = resolve_layer_indices(
-            model=None, model_config=model_config, is_draft_worker=False
-        )
-        aux = resolve_spec_aux_hidden_state_config(
-            server_args=server_args,
-            model_config=model_config,
-            spec_algorithm=algo,
-            is_draft_worker=False,
-        )
-        window = int(sizing.text_config_of(hf_config).sliding_window) - 1
-        page_size = int(view.page_size)
-        kvc = KVCacheConfigurator(
-            device="cuda",
-            gpu_id=0,
-            attn_dp_size=1,
-            pp_size=1,
-            pp_group=None,
-            model=None,
-            model_config=model_config,
-            server_args=server_args,
-            kv_cache_dtype=torch.bfloat16,
-            kv_cache_dtype_str="auto",
-            model_dtype=torch.bfloat16,
-            page_size=page_size,
-            sliding_window_size=window,
-            spec_algorithm=algo,
-            is_draft_worker=False,
-            post_capture_kv_active=False,
-            spec_aux_config=aux,
-            is_hybrid_swa=True,
-            is_hybrid_swa_compress=model_config.is_hybrid_swa_compress,
-            use_mla_backend=False,
-            layer_info=layer_info,
-            forward_stream=None,
-            req_to_token_pool=None,
-            token_to_kv_pool_allocator=None,
-            memory_pool_config=None,
-        )
-        configurator = create_memory_pool_configurator(kvc)
-        try:
-            config = kvc.config_from_budget(budget)
-        except ValueError as exc:  # sglang refuses to start with these pools
-            return _no_requests(
-                base,
-                budget / (1 << 30),
-                f"engine refuses: {str(exc).split(':')[0]}",
+            base = {
+                "variant": _variant_name(variant_dir),
+                "gpu": gpu,
+                "workload": workload,
+                "mtp": mtp,
+                "policy": policy,
+                "declared": declared,
+                "request_tokens": request_tokens,
+                "declared_context_tokens": int(extra[1]) if extra else None,
+                "declared_expected_tokens": int(env[EXPECTED_ENV]) if env else None,
+                "context_len": int(model_config.context_len),
+                "mem_fraction_static": float(view.mem_fraction_static),
+                "chunked_prefill_size": int(view.chunked_prefill_size),
+                "page_size": int(view.page_size),
+            }
+            if budget is None:
+                return _no_requests(base, 0.0, "no KV budget (weights exceed the static fraction)")
+            layer_info = resolve_layer_indices(model=None, model_config=model_config, is_draft_worker=False)
+            aux = resolve_spec_aux_hidden_state_config(
+                server_args=server_args, model_config=model_config, spec_algorithm=algo,
+                is_draft_worker=False,
+            )
+            page_size = int(view.page_size)
+            kvc = KVCacheConfigurator(
+                device="cuda", gpu_id=0, attn_dp_size=1, pp_size=1, pp_group=None, model=None,
+                model_config=model_config, server_args=server_args, kv_cache_dtype=torch.bfloat16,
+                kv_cache_dtype_str="auto", model_dtype=torch.bfloat16, page_size=page_size,
+                sliding_window_size=int(sizing_text(hf_config).sliding_window) - 1,
+                spec_algorithm=algo, is_draft_worker=False, post_capture_kv_active=False,
+                spec_aux_config=aux, is_hybrid_swa=True,
+                is_hybrid_swa_compress=model_config.is_hybrid_swa_compress, use_mla_backend=False,
+                layer_info=layer_info, forward_stream=None, req_to_token_pool=None,
+                token_to_kv_pool_allocator=None, memory_pool_config=None,
+            )
+            configurator = create_memory_pool_configurator(kvc)
+            pool_geometry = dict(
                 full_layers_in_pool=len(layer_info.full_attention_layer_ids),
                 swa_layers_in_pool=len(layer_info.swa_attention_layer_ids),
                 draft_full_rows=int(configurator._draft_full_layers_num),
                 full_cell_bytes=int(configurator._full_cell_bytes()),
                 swa_cell_bytes=int(configurator._swa_cell_bytes()),
             )
-        full_tokens = int(config.full_max_total_num_tokens)
-        swa_tokens = int(config.swa_max_total_num_tokens)
-        cap = int(kvc.resolve_max_num_reqs(full_tokens))
-        fit = _max_concurrent(
-            full_tokens=full_tokens,
-            swa_tokens=swa_tokens,
-            request_tokens=request_tokens,
-            cap=cap,
-            page_size=page_size,
-            window=window,
-            attn_dp_size=1,
-        )
-        return {
-            **base,
-            "kv_budget_gib": budget / (1 << 30),
-            "max_running_requests": cap,
-            "full_layers_in_pool": len(layer_info.full_attention_layer_ids),
-            "swa_layers_in_pool": len(layer_info.swa_attention_layer_ids),
-            "draft_full_rows": int(configurator._draft_full_layers_num),
-            "full_cell_bytes": int(configurator._full_cell_bytes()),
-            "swa_cell_bytes": int(configurator._swa_cell_bytes()),
-            "full_tokens": full_tokens,
-            "swa_tokens": swa_tokens,
-            **fit,
-        }
+            try:
+                config = kvc.config_from_budget(budget)
+            except ValueError as exc:  # sglang refuses to start with these pools
+                return _no_requests(base, budget / (1 << 30),
+                                    f"engine refuses: {str(exc).split(':')[0]}", **pool_geometry)
+            full_tokens = int(config.full_max_total_num_tokens)
+            swa_tokens = int(config.swa_max_total_num_tokens)
+            # One request model for every policy: the series' (sglang's SWA residency, the radix
+            # cache's locked prefix tail, the prefill chunks, sglang's request cap).
+            model = sizing.configurator_class()(kvc).split_model(budget, page_size)
+            requests = model.requests(request_tokens, full_tokens, swa_tokens)
+            cap = sizing.sglang_request_cap(full_tokens, model.context_len, model.request_cap)
+            by_full = full_tokens // request_tokens
+            binding = ("request cap" if requests >= cap else
+                       "full pool" if requests >= by_full else "SWA pool")
+    finally:
+        sizing_log.removeHandler(reasons)
+    return {
+        **base,
+        "ratio": round(swa_tokens / full_tokens, 4) if full_tokens else 0.0,
+        "kv_budget_gib": budget / (1 << 30),
+        "max_running_requests": cap,
+        **pool_geometry,
+        "full_tokens": full_tokens,
+        "swa_tokens": swa_tokens,
+        "requests": requests,
+        "binding": binding,
+        "full_bound": by_full,
+        "policy_log": reasons.messages,
+    }
+
+
+def sizing_text(hf_config):
+    from sglang.srt.mem_cache.gemma4_kv_layout import text_config_of
+
+    return text_config_of(hf_config)
 
 
 def _attribution_md(rows: List[Dict[str, Any]], attribution: List[Dict[str, Any]]) -> List[str]:
@@ -440,6 +399,7 @@ def _attribution_md(rows: List[Dict[str, Any]], attribution: List[Dict[str, Any]
             for r in rows
             if (r["variant"], r["gpu"], r["mtp"]) == key
             and r["workload"] == first_workload
+            and r["declared"] == a["declared"]
             and r["policy"] == "upstream"
         )
         by = {b["policy"]: b for b in attribution if (b["variant"], b["gpu"], b["mtp"]) == key}
@@ -456,97 +416,33 @@ def _attribution_md(rows: List[Dict[str, Any]], attribution: List[Dict[str, Any]
     return out
 
 
-def _undeclared_md(rows: List[Dict[str, Any]], undeclared: List[Dict[str, Any]]) -> List[str]:
-    out = ["## The series when the deployment declares no request length\n"]
-    out.append(
-        "Same cells, launched without --context-length or SGLANG_GEMMA4_EXPECTED_REQUEST_TOKENS: "
-        "the series keeps 0.8 unless a request cap (FROZEN_KV MTP's 48) sizes the SWA pool. "
-        "Cells: requests for upstream / series without a declared length (ratio used).\n"
-    )
-    gpus = list(GPUS)
-    out.append("| variant | workload | MTP | " + " | ".join(gpus) + " |")
-    out.append("|" + "---|" * (3 + len(gpus)))
-    by = {(r["variant"], r["gpu"], r["workload"], r["mtp"]): r for r in undeclared}
-    up = {
-        (r["variant"], r["gpu"], r["workload"], r["mtp"]): r
-        for r in rows
-        if r["policy"] == "upstream"
-    }
-    for variant in [VARIANT_NAMES[v] for v in VARIANTS]:
-        for workload in WORKLOADS:
-            for mtp in (False, True):
-                parts = []
-                for gpu in gpus:
-                    k = (variant, gpu, workload, mtp)
-                    if k not in by or k not in up:
-                        parts.append("n/a")
-                        continue
-                    parts.append(
-                        f"{up[k]['requests']} / {by[k]['requests']} (r={by[k]['ratio']:.3f})"
-                    )
-                if any(p != "n/a" for p in parts):
-                    out.append(
-                        f"| {variant} | {workload} | {'on' if mtp else 'off'} | "
-                        + " | ".join(parts)
-                        + " |"
-                    )
-    out.append("")
+def _cell_key(r):
+    return (r["variant"], r["gpu"], r["workload"], r["mtp"], r["declared"])
+
+
+def tally(rows: List[Dict[str, Any]]) -> Dict[str, Dict[str, int]]:
+    """Per declaration: cells, cells where the series is best or tied, cells where it serves at
+    least as many requests as sglang 0.5.23, and cells where the reference rule serves more."""
+    cells: Dict[tuple, Dict[str, int]] = {}
+    for r in rows:
+        cells.setdefault(_cell_key(r), {})[r["policy"]] = r["requests"]
+    out: Dict[str, Dict[str, int]] = {}
+    for key, c in cells.items():
+        t = out.setdefault(key[4], {"cells": 0, "series_best_or_tied": 0, "series_ge_upstream": 0,
+                                    "reference_ahead": 0})
+        t["cells"] += 1
+        t["series_best_or_tied"] += int(c["series"] >= max(c.values()))
+        t["series_ge_upstream"] += int(c["series"] >= c["upstream"])
+        t["reference_ahead"] += int(c["reference"] > c["series"])
     return out
 
 
-def _robustness_md(robustness: List[Dict[str, Any]]) -> List[str]:
-    out = ["## When the real budget differs from the estimate\n"]
-    out.append(
-        "The series sizes its split for the budget estimated while the arguments resolve; "
-        "the engine then measures the real one. Here every policy keeps its ratio and the "
-        "pools are sized from a budget "
-        + " / ".join(f"{(s - 1) * 100:+.0f}%" for s in ROBUSTNESS_SCALES)
-        + " off the estimate.\n"
-    )
-    out.append(
-        "| budget vs estimate | cells | series best or tied | worst series shortfall (requests) |"
-    )
-    out.append("|---|---|---|---|")
-    for scale in ROBUSTNESS_SCALES:
-        cells: Dict[tuple, Dict[str, int]] = {}
-        for r in robustness:
-            if r["budget_scale"] != scale:
-                continue
-            cells.setdefault((r["variant"], r["gpu"], r["workload"], r["mtp"]), {})[r["policy"]] = (
-                r["requests"]
-            )
-        best = sum(1 for c in cells.values() if c["series"] >= max(c.values()))
-        worst = max((max(c.values()) - c["series"] for c in cells.values()), default=0)
-        worst_cells = [
-            f"{k[0]} {k[1]} {k[2]} MTP {'on' if k[3] else 'off'}: "
-            f"{c['series']} vs {max(c.values())}"
-            for k, c in cells.items()
-            if c["series"] < max(c.values())
-        ]
-        out.append(
-            f"| {(scale - 1) * 100:+.0f}% | {len(cells)} | {best} | {worst}"
-            + (f" ({'; '.join(worst_cells[:4])})" if worst_cells else "")
-            + " |"
-        )
-    out.append("")
-    return out
-
-
-def _markdown(
-    rows: List[Dict[str, Any]],
-    meta: Dict[str, Any],
-    attribution: Optional[List[Dict[str, Any]]] = None,
-    robustness: Optional[List[Dict[str, Any]]] = None,
-    undeclared: Optional[List[Dict[str, Any]]] = None,
-) -> str:
-    def key(r):
-        return (r["variant"], r["gpu"], r["workload"], r["mtp"])
-
+def _markdown(rows: List[Dict[str, Any]], meta: Dict[str, Any],
+              attribution: Optional[List[Dict[str, Any]]] = None) -> str:
     cells: Dict[tuple, Dict[str, Dict[str, Any]]] = {}
     for r in rows:
-        cells.setdefault(key(r), {})[r["policy"]] = r
-    out = []
-    out.append("# Gemma-4 KV-pool capacity (CPU planner)\n")
+        cells.setdefault(_cell_key(r), {})[r["policy"]] = r
+    out = ["# Gemma-4 KV-pool capacity (CPU planner)\n"]
     out.append(
         f"Generated {meta['date']} at commit {meta['commit']} by "
         "`benchmark/gemma4/pool_capacity.py` on CPU with sglang "
@@ -554,60 +450,56 @@ def _markdown(
         f"{', '.join(meta['config_sources'])}.\n"
     )
     out.append("## Model of the budget and of capacity\n")
-    for line in meta["model"]:
-        out.append(f"- {line}")
+    out.extend(f"- {line}" for line in meta["model"])
     out.append("")
-    out.append("## Concurrent requests without eviction (upstream / reference / series)\n")
-    out.append(
-        "Each cell: requests that fit at once under sglang 0.5.23 (ratio 0.8), the "
-        "reference rule (0.15 if MoE), and this series. **Bold** = best; ties are all bold.\n"
-    )
+    counts = tally(rows)
+    out.append("## Summary\n")
+    out.append("| declared | cells | series best or tied | series >= sglang 0.5.23 | "
+               "reference rule ahead of the series |")
+    out.append("|---|---|---|---|---|")
+    for d in DECLARED:
+        if d in counts:
+            t = counts[d]
+            out.append(f"| {d} | {t['cells']} | {t['series_best_or_tied']} | {t['series_ge_upstream']} | "
+                       f"{t['reference_ahead']} |")
+    out.append("")
     gpus = list(GPUS)
-    header = "| variant | workload | MTP | " + " | ".join(gpus) + " |"
-    out.append(header)
-    out.append("|" + "---|" * (3 + len(gpus)))
-    wins = {"series_best_or_tied": 0, "cells": 0}
-    for variant in [VARIANT_NAMES[v] for v in VARIANTS]:
-        for workload in WORKLOADS:
-            for mtp in (False, True):
-                parts = []
-                for gpu in gpus:
-                    c = cells.get((variant, gpu, workload, mtp))
-                    if not c:
-                        parts.append("n/a")
-                        continue
-                    vals = [c[p]["requests"] for p in POLICIES]
-                    best = max(vals)
-                    wins["cells"] += 1
-                    if c["series"]["requests"] == best:
-                        wins["series_best_or_tied"] += 1
-                    parts.append(" / ".join(f"**{v}**" if v == best else str(v) for v in vals))
-                out.append(
-                    f"| {variant} | {workload} | {'on' if mtp else 'off'} | "
-                    + " | ".join(parts)
-                    + " |"
-                )
-    out.append("")
-    out.append(
-        f"The series is best or tied in {wins['series_best_or_tied']} of {wins['cells']} cells.\n"
-    )
+    for d in DECLARED:
+        if d not in counts:
+            continue
+        out.append(f"## Concurrent requests, declared: {d} (upstream / reference / series)\n")
+        out.append("**Bold** = best; ties are all bold.\n")
+        out.append("| variant | workload | MTP | " + " | ".join(gpus) + " |")
+        out.append("|" + "---|" * (3 + len(gpus)))
+        for variant in [VARIANT_NAMES[v] for v in VARIANTS]:
+            for workload in WORKLOADS:
+                for mtp in (False, True):
+                    parts = []
+                    for gpu in gpus:
+                        c = cells.get((variant, gpu, workload, mtp, d))
+                        if not c:
+                            parts.append("n/a")
+                            continue
+                        vals = [c[p]["requests"] for p in POLICIES]
+                        parts.append(" / ".join(f"**{v}**" if v == max(vals) else str(v) for v in vals))
+                    if any(p != "n/a" for p in parts):
+                        out.append(f"| {variant} | {workload} | {'on' if mtp else 'off'} | "
+                                   + " | ".join(parts) + " |")
+        out.append("")
     if attribution:
         out.extend(_attribution_md(rows, attribution))
-    if undeclared:
-        out.extend(_undeclared_md(rows, undeclared))
-    if robustness:
-        out.extend(_robustness_md(robustness))
     out.append("## Pool sizes per cell\n")
     out.append(
-        "| variant | GPU | workload | MTP | KV budget GiB | policy | ratio | full tokens | "
+        "| variant | GPU | workload | MTP | declared | KV budget GiB | policy | ratio | full tokens | "
         "SWA tokens | full/SWA layers in pool | draft rows | requests | bound by |"
     )
-    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         out.append(
             f"| {r['variant']} | {r['gpu']} | {r['workload']} | {'on' if r['mtp'] else 'off'} | "
-            f"{r['kv_budget_gib']:.2f} | {r['policy']} | {r['ratio']:.3f} | {r['full_tokens']} | "
-            f"{r['swa_tokens']} | {r['full_layers_in_pool']}/{r['swa_layers_in_pool']} | "
+            f"{r['declared']} | {r['kv_budget_gib']:.2f} | {r['policy']} | {r['ratio']:.3f} | "
+            f"{r['full_tokens']} | {r['swa_tokens']} | "
+            f"{r['full_layers_in_pool']}/{r['swa_layers_in_pool']} | "
             f"{r['draft_full_rows']} | {r['requests']} | {r['binding']} |"
         )
     out.append("")
@@ -685,10 +577,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
     parser.add_argument("--gpus", nargs="+", default=list(GPUS), choices=list(GPUS))
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    parser.add_argument("--declared", nargs="+", default=DECLARED, choices=DECLARED)
     parser.add_argument("--no-chart", action="store_true")
-    parser.add_argument(
-        "--no-robustness", action="store_true", help="skip the +-10%% budget-error pass"
-    )
     parser.add_argument("--name", default="pool_capacity", help="output file stem")
     ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -699,13 +589,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         os.path.join(REPO, "benchmark", "gemma4", "configs"),
         os.path.join(REPO, "benchmark", "gemma4", "pool_geometries"),
     ]
-    os.environ.pop("SGLANG_GEMMA4_EXPECTED_REQUEST_TOKENS", None)
+    os.environ.pop(EXPECTED_ENV, None)
     import sglang
 
     t0 = time.time()
     rows: List[Dict[str, Any]] = []
     attribution: List[Dict[str, Any]] = []
-    undeclared: List[Dict[str, Any]] = []
     sources = set()
     for variant in ns.variants:
         vdir = _find_config_dir(roots, variant, assistant=False)
@@ -720,53 +609,21 @@ def main(argv: Optional[List[str]] = None) -> int:
                 for mtp in (False, True):
                     if mtp and adir is None:
                         continue
-                    extra = [UNDECLARED]
-                    extra += ATTRIBUTION if workload == ns.workloads[0] else []
-                    for policy in POLICIES + extra:
-                        row = plan_cell(
-                            variant_dir=vdir,
-                            assistant_dir=adir,
-                            gpu=gpu,
-                            workload=workload,
-                            mtp=mtp,
-                            policy=policy,
-                        )
-                        if policy in POLICIES:
-                            rows.append(row)
-                        elif policy == UNDECLARED:
-                            undeclared.append(row)
-                        else:
-                            attribution.append(row)
-                        print(
-                            f"{row['variant']:8s} {gpu:11s} {workload:20s} mtp={'on ' if mtp else 'off'} "
-                            f"{policy:9s} r={row['ratio']:.3f} full={row['full_tokens']:>8d} "
-                            f"swa={row['swa_tokens']:>8d} n={row['requests']:>5d} ({row['binding']})",
-                            flush=True,
-                        )
-    # Robustness: the policies size for the estimated budget; the engine measures its own.
-    robustness: List[Dict[str, Any]] = []
-    if not ns.no_robustness:
-        for variant in ns.variants:
-            vdir = _find_config_dir(roots, variant, assistant=False)
-            adir = _find_config_dir(roots, variant, assistant=True)
-            for gpu in ns.gpus:
-                for workload in ns.workloads:
-                    for mtp in (False, True):
-                        if mtp and adir is None:
-                            continue
-                        for scale in ROBUSTNESS_SCALES:
-                            for policy in POLICIES:
-                                robustness.append(
-                                    plan_cell(
-                                        variant_dir=vdir,
-                                        assistant_dir=adir,
-                                        gpu=gpu,
-                                        workload=workload,
-                                        mtp=mtp,
-                                        policy=policy,
-                                        budget_scale=scale,
-                                    )
-                                )
+                    for declared in ns.declared:
+                        policies = list(POLICIES)
+                        if workload == ns.workloads[0] and declared == ns.declared[0]:
+                            policies += ATTRIBUTION
+                        for policy in policies:
+                            row = plan_cell(variant_dir=vdir, assistant_dir=adir, gpu=gpu,
+                                            workload=workload, mtp=mtp, policy=policy, declared=declared)
+                            (rows if policy in POLICIES else attribution).append(row)
+                            print(
+                                f"{row['variant']:8s} {gpu:11s} {workload:20s} mtp={'on ' if mtp else 'off'} "
+                                f"{declared:16s} {policy:9s} r={row['ratio']:.3f} "
+                                f"full={row['full_tokens']:>8d} swa={row['swa_tokens']:>8d} "
+                                f"n={row['requests']:>5d} ({row['binding']})",
+                                flush=True,
+                            )
     meta = {
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": _git_commit(),
@@ -775,64 +632,58 @@ def main(argv: Optional[List[str]] = None) -> int:
         "config_sources": sorted(sources),
         "gpus_mib": {g: GPUS[g]["mib"] for g in GPUS},
         "seconds": round(time.time() - t0, 1),
+        "tally": tally(rows),
         "model": [
             "Card sizes (MiB): "
             + ", ".join(f"{g} {GPUS[g]['mib']}" for g in GPUS)
             + "; sglang resolves its own defaults for that card (mem_fraction_static, "
             "chunked_prefill_size, attention backend and page size; SM90 for H100/H200, SM100 for B200).",
-            "KV budget = (card - 1 GiB CUDA context) x mem_fraction_static - weights - 100 MB "
-            "multimodal cache, as KVCacheConfigurator._profile_available_bytes computes it "
-            "(gemma4_pool_sizing.estimate_kv_budget_from_args). TP=1, bf16 weights and KV.",
-            "Weights = parameter count from the config (text stack with tied embeddings, "
-            "per-layer embeddings, MoE experts, vision/audio towers) x 2 bytes, plus the "
-            "assistant's when MTP is on (gemma4_pool_sizing.estimate_weight_bytes).",
-            "Pools: sglang's KVCacheConfigurator.config_from_budget with the resolved "
-            "arguments (HybridSWAPoolConfigurator), the layer lists of resolve_layer_indices "
-            "and the draft rows of resolve_spec_aux_hidden_state_config.",
-            "A request of the workload holds prompt+output rows in the full pool and, in "
-            "the SWA pool, sglang's own worst case compute_swa_request_cap(n): per request "
-            "window + SGLANG_SWA_EVICTION_INTERVAL (128) x draft tokens + page + decode "
-            "allocation, plus the prefill chunks in flight.",
-            "Concurrent requests = the largest n up to sglang's max_running_requests "
-            "(48 with FROZEN_KV MTP) whose full rows and SWA residency both fit.",
+            "KV budget (the engine measures it; the planner estimates it): (card - 1 GiB CUDA context) x "
+            "mem_fraction_static - weights - 100 MB multimodal cache, as "
+            "KVCacheConfigurator._profile_available_bytes computes it (benchmark/gemma4/kv_budget.py). "
+            "TP=1, bf16 weights and KV.",
+            "Weights = parameter count from the config (text stack with tied embeddings, per-layer "
+            "embeddings, MoE experts, vision/audio towers) x 2 bytes, plus the assistant's when MTP is on.",
+            "Pools: sglang's KVCacheConfigurator.config_from_budget(budget) with the resolved arguments "
+            "(the series' Gemma-4 configurator for the series; HybridSWAPoolConfigurator at the fixed ratio "
+            "for the others), the layer lists of resolve_layer_indices and the draft rows of "
+            "resolve_spec_aux_hidden_state_config.",
+            "A request of the workload holds prompt+output rows in the full pool and, in the SWA pool, "
+            "min(length + page, w + tail): w = sglang's compute_swa_request_cap per request (window + "
+            "SGLANG_SWA_EVICTION_INTERVAL (128) x draft tokens + page + decode allocation), tail = the "
+            "window of its cached prefix the radix cache keeps locked (window + page); the prefill chunks "
+            "in flight hold compute_swa_request_cap's chunk term (gemma4_pool_sizing.SplitModel).",
+            "Concurrent requests = min(sglang's max_running_requests for that full pool (48 with FROZEN_KV "
+            "MTP), full rows / length, SWA rows / SWA per request), the same model for every policy.",
             "MTP = FROZEN_KV MTP with the Gemma-4 assistant, 3 steps, topk 1, 4 draft tokens.",
-            "Every deployment declares its request length with --context-length = "
-            "prompt + output (the series sizes the split for it; the other policies ignore it).",
-            "upstream/reference use 0.5.23's pool accounting (the series' two pool fixes "
-            "switched back to upstream behaviour in-process); series uses the patched engine as is.",
+            "declared: expected = SGLANG_GEMMA4_EXPECTED_REQUEST_TOKENS set to the workload's length; "
+            "context=workload = --context-length set to it; context 131072 = --context-length 131072; "
+            "model default = nothing declared (the model's own context length).",
+            "upstream/reference use 0.5.23's pool accounting (the series' two pool fixes switched back to "
+            "upstream behaviour in-process); series uses the patched engine as is.",
         ],
     }
     os.makedirs(ns.out, exist_ok=True)
+    keep = ("variant", "gpu", "workload", "mtp", "policy", "declared", "request_tokens",
+            "declared_context_tokens", "declared_expected_tokens", "context_len", "ratio", "kv_budget_gib",
+            "full_tokens", "swa_tokens", "max_running_requests", "requests", "binding", "full_layers_in_pool",
+            "swa_layers_in_pool", "draft_full_rows", "full_cell_bytes", "swa_cell_bytes", "page_size",
+            "chunked_prefill_size", "mem_fraction_static", "policy_log")
     with open(os.path.join(ns.out, f"{ns.name}.json"), "w") as f:
-        keep = (
-            "variant",
-            "gpu",
-            "workload",
-            "mtp",
-            "policy",
-            "budget_scale",
-            "ratio",
-            "kv_budget_gib",
-            "full_tokens",
-            "swa_tokens",
-            "requests",
-            "binding",
-        )
         json.dump(
             {
                 "meta": meta,
-                "rows": rows,
-                "pool_fix_attribution": attribution,
-                "series_no_declared_length": undeclared,
-                "budget_robustness": [{k: r.get(k) for k in keep} for r in robustness],
+                "rows": [{k: r.get(k) for k in keep} for r in rows],
+                "pool_fix_attribution": [{k: r.get(k) for k in keep} for r in attribution],
             },
             f,
             indent=1,
         )
+        f.write("\n")
     with open(os.path.join(ns.out, f"{ns.name}.md"), "w") as f:
-        f.write(_markdown(rows, meta, attribution, robustness, undeclared))
+        f.write(_markdown(rows, meta, attribution))
     if not ns.no_chart:
-        _chart(rows, os.path.join(ns.out, f"{ns.name}.png"))
+        _chart([r for r in rows if r["declared"] == ns.declared[0]], os.path.join(ns.out, f"{ns.name}.png"))
     print(
         f"wrote {ns.out}/{ns.name}.{{json,md{',png' if not ns.no_chart else ''}}} in {meta['seconds']} s"
     )

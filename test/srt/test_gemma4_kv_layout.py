@@ -233,3 +233,20 @@ def test_tiny_model_attention_reads_only_pooled_layers(geo):
         is_swa = pool.layers_mapping[read_id][1]
         assert is_swa == (mc.hf_text_config.layer_types[layer_id] == "sliding_attention")
         assert isinstance(pool.get_key_buffer(read_id), torch.Tensor)
+
+
+def test_pipeline_stage_without_the_owners_is_refused(geo):
+    """E2B layers 15..34 read the buffers of layers 13 and 14. A pipeline stage holding only
+    15..34 must be refused, not given empty layer lists; a stage holding the owners keeps them."""
+    from sglang.srt.arg_groups.model_override_base import model_config_of
+    from sglang.srt.mem_cache.gemma4_kv_layout import owning_attention_layer_ids
+
+    mc = model_config_of(_resolve(geo["e2b"]))
+    full = {4, 9, 14, 19, 24, 29, 34}
+    stage = range(15, 35)
+    with pytest.raises(ValueError, match="pipeline stage boundary") as err:
+        owning_attention_layer_ids(mc, [i for i in stage if i not in full], [i for i in stage if i in full])
+    assert "[13, 14]" in str(err.value)
+    first = range(0, 21)
+    swa, fl = owning_attention_layer_ids(mc, [i for i in first if i not in full], [i for i in first if i in full])
+    assert swa == [i for i in range(15) if i not in full] and fl == [4, 9, 14]

@@ -1,24 +1,25 @@
-"""Gemma-4 full/SWA KV split: the model override and the pool sizes it leads to.
+"""Gemma-4 full/SWA KV split, chosen by a pool configurator from the measured budget.
 
-Resolves real ServerArgs through sglang's model-override registry on CPU (the
-card size sglang sees is patched in), then sizes the pools with sglang's own
-KVCacheConfigurator. The configs are Gemma-4 geometries written to a temp dir.
+Resolves real ServerArgs on CPU (the card size sglang sees is patched in), builds sglang's own
+KVCacheConfigurator and sizes the pools with ``config_from_budget(available_bytes)``, the call the engine
+makes after it measured free memory. Requests that fit are judged here from sglang's own primitives
+(``compute_swa_request_cap``, ``KVCacheConfigurator.resolve_max_num_reqs``), not from the module's model.
 """
 
+import logging
 import math
 
 import pytest
 
 from gemma4_kv_testlib import (
     ASSISTANT_26B_TEXT,
-    B200_MIB,
     DENSE_31B_TEXT,
+    E2B_TEXT,
     GIB,
-    H100_MIB,
     LARGE_VISION,
     MOE_26B_TEXT,
-    card,
     configurator,
+    layer_types,
     mtp_args,
     resolve,
     restored_process_state,
@@ -26,298 +27,323 @@ from gemma4_kv_testlib import (
     write_target,
 )
 
-_card = card
-_resolve = resolve
-_mtp_args = mtp_args
+H200_MIB = 143771
+ENV = "SGLANG_GEMMA4_EXPECTED_REQUEST_TOKENS"
+# Layers of the 26B-A4B geometry, 48 of them, with a 2048-token window.
+WIDE_WINDOW_TEXT = dict(MOE_26B_TEXT, num_hidden_layers=48, sliding_window=2048, layer_types=layer_types(48, 5))
 
 
 @pytest.fixture(scope="module")
 def geo(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("gemma4_geometry"))
+    root = str(tmp_path_factory.mktemp("gemma4_split"))
     return {
         "26b": write_target(root, "26b", MOE_26B_TEXT, vision=LARGE_VISION),
         "26b_causal": write_target(root, "26b-causal", MOE_26B_TEXT, arch="Gemma4ForCausalLM"),
         "31b": write_target(root, "31b", DENSE_31B_TEXT, vision=LARGE_VISION),
+        "e2b": write_target(root, "e2b", E2B_TEXT),
+        "wide": write_target(root, "wide", WIDE_WINDOW_TEXT),
         "26b_assistant": write_assistant(root, "26b-assistant", ASSISTANT_26B_TEXT, 2816),
     }
 
 
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch):
-    monkeypatch.delenv("SGLANG_GEMMA4_EXPECTED_REQUEST_TOKENS", raising=False)
+    from sglang.srt.mem_cache import gemma4_pool_sizing
+
+    monkeypatch.delenv(ENV, raising=False)
+    gemma4_pool_sizing._LOGGED.clear()
     with restored_process_state():
         yield
 
 
-def _ratio(server_args):
-    from sglang.srt.arg_groups.model_override_base import resolved_view
+def _kvc(model_path, *extra, mib=H200_MIB):
+    server_args = resolve(model_path, *extra, mib=mib, publish=True)
+    return server_args, configurator(server_args)
 
-    return resolved_view(server_args).swa_full_tokens_ratio
 
-
-def _pools(server_args, budget_bytes, mib=H100_MIB, sm100=False):
-    """(full tokens, SWA tokens, configurator, kvc) from sglang's configurator."""
-    from sglang.srt import runtime_context as rc
+def _sized(model_path, budget, *extra, mib=H200_MIB):
+    """(full tokens, SWA tokens, the configurator sglang picks, kvc) for a measured budget."""
     from sglang.srt.model_executor.pool_configurator import create_memory_pool_configurator
 
-    rc.publish(server_args, role="test")
-    kvc = configurator(server_args)
-    config = kvc.config_from_budget(budget_bytes)
-    return (
-        config.full_max_total_num_tokens,
-        config.swa_max_total_num_tokens,
-        create_memory_pool_configurator(kvc),
-        kvc,
-    )
+    _, kvc = _kvc(model_path, *extra, mib=mib)
+    config = kvc.config_from_budget(budget)
+    # The same choice again on a configurator we can inspect (the engine's is not kept).
+    conf = create_memory_pool_configurator(kvc)
+    again = conf.calculate_pool_sizes(budget, int(kvc.page_size))
+    full, swa = config.full_max_total_num_tokens, config.swa_max_total_num_tokens
+    assert (again.full_max_total_num_tokens, again.swa_max_total_num_tokens) == (full, swa)
+    return full, swa, conf, kvc
 
 
-def _budget(server_args, assistant=None, mib=H100_MIB):
-    from sglang.srt.arg_groups.model_override_base import model_config_of, resolved_view
-    from sglang.srt.mem_cache import gemma4_pool_sizing as sizing
-    from sglang.srt.utils.hf_transformers_utils import get_config
+class Judge:
+    """Requests of one length that run at once, from sglang's own functions for a resolved kvc."""
 
-    draft = 0
-    if assistant:
-        draft = sizing.estimate_weight_bytes(get_config(assistant, trust_remote_code=False))
-    mc = model_config_of(server_args)
-    with _card(mib):
-        return sizing.estimate_kv_budget_from_args(
-            resolved_view(server_args),
-            mc.hf_config,
-            is_multimodal=mc.is_multimodal,
-            draft_weight_bytes=draft,
+    def __init__(self, kvc, radix=True):
+        from sglang.srt.model_executor.pool_configurator import compute_swa_request_cap
+
+        self.kvc = kvc
+        self.page = int(kvc.page_size)
+        self.window = int(kvc.sliding_window_size)
+        cap1, cap2 = (
+            compute_swa_request_cap(page_size=self.page, window=self.window, attn_dp_size=1, max_running_requests=n)
+            for n in (1, 2)
         )
+        self.per_request = cap2 - cap1
+        self.chunks = cap1 - self.per_request
+        # The radix cache keeps the last window of a running request's cached prefix locked.
+        self.tail = self.window + self.page if radix else 0
+
+    def requests(self, length, full, swa):
+        cap = self.kvc.resolve_max_num_reqs(full)
+        swa_each = min(length + self.page, self.per_request + self.tail)
+        return max(0, min(cap, full // length, (swa - self.chunks) // swa_each))
 
 
-def _concurrency(server_args, full, swa, request_tokens):
-    """(requests the full pool holds, requests the SWA pool holds) by sglang's own cap."""
-    from sglang.srt.arg_groups.model_override_base import resolved_view
-    from sglang.srt.model_executor.pool_configurator import compute_swa_request_cap
-
-    view = resolved_view(server_args)
-    window = 1023
-    n_swa = 0
-    while (
-        compute_swa_request_cap(
-            page_size=int(view.page_size),
-            window=window,
-            attn_dp_size=1,
-            max_running_requests=n_swa + 1,
-        )
-        <= swa
-    ):
-        n_swa += 1
-    return full // request_tokens, n_swa
+def _lengths(lo, hi, n=120):
+    step = (math.log(hi) - math.log(lo)) / (n - 1)
+    return sorted({int(math.exp(math.log(lo) + i * step)) for i in range(n)} | {lo, hi})
 
 
-# ---------------------------------------------------------------------------
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
 
 
-@pytest.mark.parametrize("arch_key", ["26b", "26b_causal"])
-def test_override_resolves_through_registry_for_both_architectures(geo, arch_key):
-    from sglang.srt.arg_groups import model_override_base
-    from sglang.srt.arg_groups.model_override_base import model_config_of
-    from sglang.srt.arg_groups.model_overrides.gemma4 import _gemma4_overrides
-
-    arch = {"26b": "Gemma4ForConditionalGeneration", "26b_causal": "Gemma4ForCausalLM"}[arch_key]
-    assert _gemma4_overrides in model_override_base._MODEL_OVERRIDE_FNS.get(arch, [])
-    server_args = _resolve(geo[arch_key], "--context-length", "9000")
-    assert model_config_of(server_args).hf_config.architectures == [arch]
-    # Resolution recorded the ratio as declared by the registered Gemma-4 provider.
-    sources = [
-        src
-        for src, declared in server_args._resolved_overrides
-        if "swa_full_tokens_ratio" in declared
-    ]
-    assert sources == [_gemma4_overrides.__qualname__]
-    ratio = _ratio(server_args)
-    assert 0 < ratio < 0.8  # 9k-token requests need far fewer SWA than full rows
+@pytest.fixture
+def split_log():
+    """Messages of the split module's logger (sglang loggers do not reach pytest's caplog)."""
+    log = logging.getLogger("sglang.srt.mem_cache.gemma4_pool_sizing")
+    handler, level = _Lines(), log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    yield handler.lines
+    log.removeHandler(handler)
+    log.setLevel(level)
 
 
-def test_user_ratio_always_wins(geo):
-    server_args = _resolve(
-        geo["26b"], "--context-length", "9000", "--swa-full-tokens-ratio", "0.55"
+def _fixed(model_path, ratio, budget, *extra):
+    full, swa, conf, _ = _sized(model_path, budget, "--swa-full-tokens-ratio", str(ratio), *extra)
+    return full, swa
+
+
+# --------------------------------------------------------------------------- where the split is decided
+
+
+@pytest.mark.parametrize("key", ["26b", "26b_causal", "e2b"])
+def test_gemma4_targets_get_the_gemma4_configurator(geo, key):
+    from sglang.srt.mem_cache import gemma4_pool_sizing
+    from sglang.srt.model_executor.pool_configurator import (
+        HybridSWAPoolConfigurator,
+        create_memory_pool_configurator,
     )
-    assert _ratio(server_args) == 0.55
-    server_args = _resolve(
-        geo["26b"],
-        "--context-length",
-        "2000",
-        "--swa-full-tokens-ratio",
-        "0.8",
-        *_mtp_args(geo["26b_assistant"]),
-    )
-    assert _ratio(server_args) == 0.8
+
+    cls = gemma4_pool_sizing.configurator_class()
+    server_args, kvc = _kvc(geo[key])
+    conf = create_memory_pool_configurator(kvc)
+    assert type(conf) is cls and isinstance(conf, HybridSWAPoolConfigurator)
+    # A draft worker keeps sglang's own configurator.
+    draft = configurator(server_args, is_draft_worker=True)
+    assert not isinstance(create_memory_pool_configurator(draft), cls)
 
 
-def test_no_declared_length_keeps_sglang_default(geo):
+def test_no_split_is_declared_at_argument_time(geo):
+    """The ratio is not estimated while the arguments resolve: no provider declares it."""
     from sglang.srt.arg_groups.overrides import resolution_result
 
-    server_args = _resolve(geo["26b"])
-    assert _ratio(server_args) is None
-    assert resolution_result(server_args, "swa_full_tokens_ratio") == 0.8
+    for extra in ([], ["--context-length", "9000"], mtp_args(geo["26b_assistant"])):
+        server_args = resolve(geo["26b"], *extra)
+        declared = [src for src, d in server_args._resolved_overrides if "swa_full_tokens_ratio" in d]
+        assert declared == []
+        assert resolution_result(server_args, "swa_full_tokens_ratio") == 0.8
 
 
-def test_expected_length_env_wins_over_context_length(geo, monkeypatch):
-    by_context = _ratio(_resolve(geo["26b"], "--context-length", "33000"))
-    monkeypatch.setenv("SGLANG_GEMMA4_EXPECTED_REQUEST_TOKENS", "2000")
-    by_env = _ratio(_resolve(geo["26b"], "--context-length", "33000"))
-    assert by_env > 4 * by_context
-    monkeypatch.setenv("SGLANG_GEMMA4_EXPECTED_REQUEST_TOKENS", "many")
-    with pytest.raises(ValueError, match="SGLANG_GEMMA4_EXPECTED_REQUEST_TOKENS"):
-        _resolve(geo["26b"])
+def test_user_ratio_wins_and_is_logged(geo, split_log):
+    budget = 60 * GIB
+    full, swa, conf, _ = _sized(geo["26b"], budget, "--swa-full-tokens-ratio", "0.55")
+    assert conf.choice is None
+    # HybridSWAPoolConfigurator's own sizing: full = budget // (full cell + 0.55 x SWA cell).
+    assert full == budget // (20480 + 0.55 * 204800) and swa == int(full * 0.55)
+    assert any("keeping the user-set swa_full_tokens_ratio=0.55" in m for m in split_log)
+
+
+def test_choice_is_logged_once_with_its_reason(geo, split_log):
+    _, kvc = _kvc(geo["26b"], *mtp_args(geo["26b_assistant"]))
+    first = kvc.config_from_budget(60 * GIB)
+    second = kvc.config_from_budget(60 * GIB)
+    lines = [m for m in split_log if m.startswith("Gemma-4 KV split")]
+    assert len(lines) == 1
+    assert f"full {first.full_max_total_num_tokens} / SWA {first.swa_max_total_num_tokens}" in lines[0]
+    assert "request cap 48" in lines[0] and "no expected request length declared" in lines[0]
+    assert (second.full_max_total_num_tokens, second.swa_max_total_num_tokens) == (
+        first.full_max_total_num_tokens,
+        first.swa_max_total_num_tokens,
+    )
+
+
+# --------------------------------------------------------------------------- no declared length: never worse than 0.8
 
 
 @pytest.mark.parametrize(
-    "key, mtp, tokens, mib",
+    "key, mtp, budget_gib, context",
     [
-        ("31b", False, 2000, B200_MIB),
-        ("26b", False, 9000, B200_MIB),
-        ("26b", True, 9000, H100_MIB),
-        ("26b", False, 33000, H100_MIB),
-    ],
-    ids=[
-        "dense-31b-chat",
-        "moe-26b-summarization",
-        "moe-26b-mtp-summarization",
-        "moe-26b-long-h100",
+        ("26b", False, 60, None),
+        ("26b", True, 60, None),
+        ("26b", True, 25, None),
+        ("26b", False, 60, 131072),
+        ("26b", False, 60, 9000),
+        ("31b", False, 45, None),
+        ("e2b", False, 100, None),
+        ("e2b", False, 100, 131072),
     ],
 )
-def test_chosen_split_balances_both_pools(geo, key, mtp, tokens, mib):
-    """At the chosen ratio both pools run out at the same concurrency (within 2%)."""
-    extra = ["--context-length", str(tokens)] + (_mtp_args(geo["26b_assistant"]) if mtp else [])
-    server_args = _resolve(geo[key], *extra, mib=mib)
-    budget = _budget(server_args, geo["26b_assistant"] if mtp else None, mib=mib)
-    full, swa, _, _ = _pools(server_args, budget, mib=mib)
-    n_full, n_swa = _concurrency(server_args, full, swa, tokens)
-    assert n_full > 0 and n_swa > 0
-    assert abs(n_full - n_swa) <= max(1, 0.02 * n_full), (n_full, n_swa, _ratio(server_args))
-    # And neither fixed rule serves more requests on the same budget.
-    for fixed in (0.8, 0.15):
-        other = _resolve(geo[key], *extra, "--swa-full-tokens-ratio", str(fixed), mib=mib)
-        f2, s2, _, _ = _pools(other, budget, mib=mib)
-        assert min(_concurrency(other, f2, s2, tokens)) <= min(n_full, n_swa)
-
-
-def test_ratio_follows_workload_and_draft_width(geo):
-    chat = _ratio(_resolve(geo["26b"], "--context-length", "2000", mib=B200_MIB))
-    summ = _ratio(_resolve(geo["26b"], "--context-length", "9000", mib=B200_MIB))
-    # On an 80 GB card neither case reaches the 48-request MTP cap.
-    summ_h100 = _ratio(_resolve(geo["26b"], "--context-length", "9000"))
-    summ_mtp_h100 = _ratio(
-        _resolve(geo["26b"], "--context-length", "9000", *_mtp_args(geo["26b_assistant"]))
+def test_undeclared_length_never_serves_fewer_requests_than_ratio_08(geo, key, mtp, budget_gib, context):
+    extra = (mtp_args(geo["26b_assistant"]) if mtp else []) + (
+        ["--context-length", str(context)] if context else []
     )
-    dense_chat = _ratio(_resolve(geo["31b"], "--context-length", "2000", mib=B200_MIB))
-    assert chat > summ  # longer requests: relatively fewer SWA rows
-    # 4 draft tokens x 128 eviction interval of extra SWA residency per request.
-    assert summ_mtp_h100 > summ_h100
-    # Dense 31B chat keeps a large SWA side: no regression from a MoE-style 0.15.
-    assert dense_chat > 0.5
+    budget = budget_gib * GIB
+    full, swa, conf, kvc = _sized(geo[key], budget, *extra)
+    assert conf.choice is not None and conf.choice.lengths[0] == 1024
+    ref_full, ref_swa = _fixed(geo[key], 0.8, budget, *extra)
+    judge = Judge(kvc)
+    ctx = int(kvc.model_config.context_len)
+    assert conf.choice.lengths[-1] == ctx
+    for n in _lengths(1024, ctx):
+        assert judge.requests(n, full, swa) >= judge.requests(n, ref_full, ref_swa), n
 
 
-@pytest.mark.parametrize("declared", [True, False], ids=["9k-requests", "no-length"])
-def test_mtp_request_cap_sizes_the_swa_pool(geo, declared):
-    """Past the 48-request FROZEN_KV cap, SWA rows cannot be used: the SWA pool holds
-    the cap's worst case (sglang's compute_swa_request_cap) and the rest goes to full."""
+@pytest.mark.parametrize("key, mtp, gain", [("26b", True, 3.0), ("e2b", False, 1.15)])
+def test_undeclared_length_gains_where_the_full_pool_binds(geo, key, mtp, gain):
+    extra = mtp_args(geo["26b_assistant"]) if mtp else []
+    budget = (60 if key == "26b" else 100) * GIB
+    full, swa, _, kvc = _sized(geo[key], budget, *extra)
+    ref_full, ref_swa = _fixed(geo[key], 0.8, budget, *extra)
+    judge = Judge(kvc)
+    longest = int(kvc.model_config.context_len)
+    # Long requests are full-pool bound at 0.8: the split moves SWA rows there.
+    assert judge.requests(longest // 4, full, swa) >= gain * judge.requests(longest // 4, ref_full, ref_swa)
+    if mtp:
+        # 48 requests of any length up to a window's worth still get their SWA rows.
+        assert judge.requests(1024, full, swa) == 48
+
+
+def test_mtp_cap_gets_its_swa_rows_and_the_rest_goes_to_full(geo):
     from sglang.srt.model_executor.pool_configurator import compute_swa_request_cap
 
-    extra = ["--context-length", "9000"] if declared else []
-    server_args = _resolve(geo["26b"], *extra, *_mtp_args(geo["26b_assistant"]), mib=B200_MIB)
-    ratio = _ratio(server_args)
-    assert ratio is not None and ratio < 0.15
-    budget = _budget(server_args, geo["26b_assistant"], mib=B200_MIB)
-    full, swa, _, kvc = _pools(server_args, budget, mib=B200_MIB)
-    need = compute_swa_request_cap(
-        page_size=1, window=1023, attn_dp_size=1, max_running_requests=48
-    )
-    # Headroom x1.15, plus one cached prefix tail (window + page) per running request.
-    assert need <= swa <= 1.2 * need + 48 * (1023 + 1)
-    # --swa-prefix-tails is honoured: no tails, a smaller SWA pool.
-    no_tails = _resolve(
-        geo["26b"],
-        *extra,
-        "--swa-prefix-tails",
-        "0",
-        *_mtp_args(geo["26b_assistant"]),
-        mib=B200_MIB,
-    )
-    _, swa0, _, _ = _pools(no_tails, budget, mib=B200_MIB)
-    assert need <= swa0 <= 1.2 * need < swa
+    full, swa, conf, kvc = _sized(geo["26b"], 60 * GIB, *mtp_args(geo["26b_assistant"]))
+    need = compute_swa_request_cap(page_size=1, window=1023, attn_dp_size=1, max_running_requests=48)
+    tails = 48 * (1023 + 1)
+    assert need + tails <= swa < need + tails + 0.002 * full  # one ratio step above the need
     assert kvc.resolve_max_num_reqs(full) == 48
+    # Without the radix cache no prefix tail is locked: a smaller SWA pool.
+    full0, swa0, _, _ = _sized(geo["26b"], 60 * GIB, *mtp_args(geo["26b_assistant"]), "--disable-radix-cache",
+                               "--max-running-requests", "64")
+    assert swa0 < swa
+
+
+# --------------------------------------------------------------------------- a declared request length
+
+
+@pytest.mark.parametrize(
+    "key, mtp, length, budget_gib",
+    [("26b", False, 9000, 60), ("26b", False, 2000, 60), ("26b", True, 9000, 30), ("31b", False, 9000, 45),
+     ("e2b", False, 2000, 100)],
+)
+def test_declared_length_serves_the_most_requests_of_that_length(geo, monkeypatch, key, mtp, length, budget_gib):
+    monkeypatch.setenv(ENV, str(length))
+    extra = mtp_args(geo["26b_assistant"]) if mtp else []
+    budget = budget_gib * GIB
+    full, swa, conf, kvc = _sized(geo[key], budget, *extra)
+    assert conf.choice.lengths == (length,)
+    judge = Judge(kvc)
+    served = judge.requests(length, full, swa)
+    for ratio in [r / 100 for r in range(5, 101, 5)] + [0.15, 0.8]:
+        monkeypatch.delenv(ENV)
+        other = judge.requests(length, *_fixed(geo[key], ratio, budget, *extra))
+        monkeypatch.setenv(ENV, str(length))
+        assert served >= other, (ratio, served, other)
+    assert served > 0
+
+
+def test_cap_with_a_declared_length_never_loses_requests_to_swa_margin(geo, monkeypatch):
+    """48 layers, 2048-token window, 48-request cap, 110 GiB, 9000-token requests: all 48 fit
+    (a x1.15 SWA headroom taken from the full pool left 418k < 48 x 9000 full tokens: 46 fit)."""
+    monkeypatch.setenv(ENV, "9000")
+    full, swa, _, kvc = _sized(geo["wide"], 110 * GIB, "--max-running-requests", "48")
     assert full >= 48 * 9000
-    # On an 80 GB card the cap's SWA rows do not fit: sglang's default stays.
-    if not declared:
-        small = _resolve(geo["26b"], *_mtp_args(geo["26b_assistant"]))
-        assert _ratio(small) is None
+    assert Judge(kvc).requests(9000, full, swa) == 48
 
 
-def test_pure_policy_hand_computed():
-    """balanced_swa_full_tokens_ratio on hand-worked numbers."""
-    from sglang.srt.mem_cache.gemma4_pool_sizing import (
-        Gemma4PoolGeometry,
-        balanced_swa_full_tokens_ratio,
-        swa_tokens_per_request,
-    )
+@pytest.mark.parametrize("bad", ["many", "0", "-5", "1.5"])
+def test_bad_expected_length_is_a_clear_error(geo, monkeypatch, bad):
+    monkeypatch.setenv(ENV, bad)
+    _, kvc = _kvc(geo["26b"])
+    with pytest.raises(ValueError, match=ENV):
+        kvc.config_from_budget(60 * GIB)
 
-    geometry = Gemma4PoolGeometry(
-        full_layers=5,
-        swa_layers=25,
-        full_bytes_per_layer=4096,
-        swa_bytes_per_layer=8192,
-        window=1023,
+
+# --------------------------------------------------------------------------- the model, by hand
+
+
+def test_split_model_by_hand():
+    from sglang.srt.mem_cache.gemma4_pool_sizing import SplitModel, request_lengths, sglang_request_cap
+
+    m = SplitModel(
+        budget_bytes=1_000_000_000, full_cell=20480, swa_cell=204800, page_size=64, swa_per_request=1600,
+        prefix_tail_tokens=1088, chunk_reserve=16448, context_len=262144, request_cap=48,
     )
-    # 1023 + 128*4 + 1 + 8 = 1544 SWA rows per MTP request.
-    w = swa_tokens_per_request(
-        window=1023, page_size=1, draft_tokens=4, eviction_interval=128, decode_alloc=8
+    # full = 1e9 // (20480 + 0.1 x 204800) = 24414 -> 24384 (page 64); SWA = int(24384 x 0.1) -> 2432.
+    assert m.pools(0.1) == (24384, 2432)
+    # SWA rows per request: short requests hold all of their tokens (+ a page), long ones w + tail.
+    assert m.swa_rows(500) == 564 and m.swa_rows(100_000) == 2688
+    # (100000 - 16448) // 2688 = 31 by SWA, 500000 // 9000 = 55 by full, cap 48.
+    assert m.requests(9000, 500_000, 100_000) == 31
+    assert m.requests(9000, 250_000, 1_000_000) == 27
+    assert m.requests(9000, 10_000_000, 1_000_000) == 48
+    assert sglang_request_cap(10_000, 131072, None) == 2048  # the automatic floor
+    assert sglang_request_cap(3_000, 131072, None) == 1500  # full // 2
+    assert sglang_request_cap(100_000_000, 131072, None) == 4096
+    lengths = request_lengths(262144, None)
+    assert lengths[0] == 1024 and lengths[-1] == 262144 and len(lengths) >= 40
+    assert request_lengths(262144, 9000) == (9000,)
+    with pytest.raises(ValueError, match="budget_bytes"):
+        SplitModel(budget_bytes=0, full_cell=1, swa_cell=1, page_size=1, swa_per_request=1,
+                   prefix_tail_tokens=0, chunk_reserve=0, context_len=1)
+
+
+def test_choose_split_balances_one_length_by_hand():
+    """One 10000-token length, no cap binding, no chunk reserve: both pools run out together at
+    ratio r with r x full / 1000 = full / 10000 -> r = 0.1 (1000 SWA rows per request)."""
+    from sglang.srt.mem_cache.gemma4_pool_sizing import SplitModel, choose_split
+
+    m = SplitModel(
+        budget_bytes=40 * GIB, full_cell=20000, swa_cell=200000, page_size=1, swa_per_request=1000,
+        prefix_tail_tokens=0, chunk_reserve=0, context_len=262144, request_cap=100000,
     )
-    assert w == 1544
-    # Budget 64 GiB, 9000-token requests, chunk reserve 2*8192+1 = 16385:
-    # N = (68719476736 - 16385*204800) / (9000*20480 + 1544*204800)
-    #   = 65363828736 / 500531200 = 130.589
-    # r = (1544*N + 16385) / (N*9000) = 218014.4 / 1175301 = 0.18550 -> rounded up to 0.186.
-    choice = balanced_swa_full_tokens_ratio(
-        geometry,
-        request_tokens=9000,
-        swa_tokens_per_req=w,
-        chunk_reserve_tokens=16385,
-        kv_budget_bytes=64 * GIB,
-    )
-    assert choice.expected_concurrency == pytest.approx(130.589, abs=0.001)
-    assert choice.ratio == 0.186
-    # Requests shorter than their SWA residency keep every token in both pools.
-    short = balanced_swa_full_tokens_ratio(
-        geometry,
-        request_tokens=1000,
-        swa_tokens_per_req=w,
-        chunk_reserve_tokens=16385,
-        kv_budget_bytes=64 * GIB,
-    )
-    assert short.ratio == 1.0
-    # A budget below one request at any split leaves sglang's default alone.
-    tiny = balanced_swa_full_tokens_ratio(
-        geometry,
-        request_tokens=9000,
-        swa_tokens_per_req=w,
-        chunk_reserve_tokens=16385,
-        kv_budget_bytes=1 * GIB,
-    )
-    assert tiny.ratio is None and "less than one" in tiny.reason
-    # No budget: the chunk reserve is shared by the fallback concurrency.
-    nobudget = balanced_swa_full_tokens_ratio(
-        geometry,
-        request_tokens=9000,
-        swa_tokens_per_req=w,
-        chunk_reserve_tokens=16385,
-        kv_budget_bytes=None,
-        fallback_concurrency=48,
-    )
-    assert nobudget.ratio == math.ceil((1544 * 48 + 16385) / (48 * 9000) * 1000) / 1000
+    choice = choose_split(m, 10000)
+    assert choice.ratio == pytest.approx(0.1, abs=0.0015)
+    full, swa = m.pools(choice.ratio)
+    assert m.requests(10000, full, swa) == max(m.requests(10000, *m.pools(r / 1000)) for r in range(1, 1001))
+    assert choice.worst_gain == pytest.approx(m.requests(10000, full, swa) / m.requests(10000, *m.pools(0.8)))
+
+
+def test_sglang_request_cap_matches_the_engine(geo):
+    from sglang.srt.mem_cache.gemma4_pool_sizing import sglang_request_cap
+
+    _, kvc = _kvc(geo["26b"])
+    for tokens in (3000, 100_000, 600_000, 5_000_000, 50_000_000):
+        assert sglang_request_cap(tokens, int(kvc.model_config.context_len), None) == kvc.resolve_max_num_reqs(tokens)
+    _, kvc = _kvc(geo["26b"], *mtp_args(geo["26b_assistant"]))
+    for tokens in (50, 1000, 5_000_000):
+        assert sglang_request_cap(tokens, 262144, 48) == kvc.resolve_max_num_reqs(tokens)
 
 
 def test_pool_sizes_match_hand_computed_values(geo):
     """26B-A4B geometry, 40 GiB, explicit ratio 0.8: sglang's pools equal the formula."""
-    server_args = _resolve(geo["26b"], "--swa-full-tokens-ratio", "0.8")
-    full, swa, conf, _ = _pools(server_args, 40 * GIB)
+    full, swa, conf, _ = _sized(geo["26b"], 40 * GIB, "--swa-full-tokens-ratio", "0.8")
     # cell = 5 full layers x 2 heads x (512+512) x 2 B + 0.8 x 25 x 8 heads x (256+256) x 2 B
     #      = 20480 + 0.8 x 204800 = 184320 B per full token
     assert conf._full_cell_bytes() == 20480 and conf._swa_cell_bytes() == 204800
@@ -327,17 +353,8 @@ def test_pool_sizes_match_hand_computed_values(geo):
 
 @pytest.mark.parametrize("bad", ["0", "-0.1", "1.5", "nan"])
 def test_ratio_outside_range_is_a_clear_error(geo, bad):
-    with pytest.raises(ValueError, match=r"swa-full-tokens-ratio.*\(0, 1\]|\(0, 1"):
-        _resolve(geo["26b"], "--context-length", "9000", "--swa-full-tokens-ratio", bad)
-
-
-def test_check_ratio_rejects_non_numbers():
-    from sglang.srt.mem_cache.gemma4_pool_sizing import check_swa_full_tokens_ratio
-
-    assert check_swa_full_tokens_ratio(1) == 1.0
-    for bad in ("0.5", None, True, float("inf")):
-        with pytest.raises(ValueError, match="swa_full_tokens_ratio"):
-            check_swa_full_tokens_ratio(bad)
+    with pytest.raises(ValueError, match=r"swa.full.tokens.ratio"):
+        resolve(geo["26b"], "--swa-full-tokens-ratio", bad)
 
 
 def test_config_without_layer_types_is_a_clear_error():
