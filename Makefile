@@ -65,9 +65,10 @@ bench-vision: bench-tree
 		--patched-tree $(BENCH_TREE)/python --dest build/gpu-vision
 	$(VPY) benchmark/gemma4/bench_vision.py run --files build/gpu-vision --out benchmark/gemma4/results
 
+# The router kernels as this checkout has them, against 0.5.23's (extracted by bench-tree); bf16 and fp32.
 bench-routing: bench-tree
 	$(VPY) benchmark/gemma4/bench_routing.py --upstream-file build/upstream_gemma4_routing.py \
-		--patched-root $(BENCH_TREE)/python --sweep --out benchmark/gemma4/results
+		--dtypes bfloat16,float32 --sweep --out benchmark/gemma4/results
 
 # Offline (CPU): SASS instruction counts of the router kernels for sm_90.
 routing-sass: engine

@@ -1,7 +1,11 @@
-"""Gemma-4 MoE router: upstream fused kernel vs the patched kernels vs the torch path.
+"""Gemma-4 MoE router: sglang 0.5.23's fused kernel vs the series' kernels vs the torch path.
 
-"patched" is what the patched ``gemma4_fused_routing`` runs (the network kernel for topk <= 8);
-"rounds" is the series' other kernel (any topk), timed alongside for reference.
+"patched" is what the patched ``gemma4_fused_routing`` runs: ``gemma4_routing_network`` of
+sglang.kernels.ops.moe.gemma4_routing_network (the network kernel for topk <= 8); "rounds" is the
+module's other kernel (topk > 8), timed alongside through ``gemma4_routing_forced_launch``. The
+kernel module is loaded from its file in this checkout (``--kernel-file``), so the numbers belong to
+the commit they are stamped with, whatever engine is installed; the installed engine's copy of the
+file is compared with it and the result recorded.
 
 Each variant is timed per launch by replaying a CUDA graph that holds many launches back to back, so
 the graph-launch cost is spread over all of them and the numbers show kernel time. Two input modes:
@@ -15,43 +19,167 @@ ids written): ``floor_bw_us`` from the peak device-to-device copy bandwidth meas
 ``floor_copy_us`` from a copy of the same number of bytes timed exactly like the kernels (graph of many
 launches, same cold/hot mode), which includes the fixed cost of a launch inside a graph.
 
-Usage (on a GPU machine; sglang needs only its pure-Python files):
-    python benchmark/gemma4/bench_routing.py --upstream-file PRISTINE/sglang/kernels/ops/moe/gemma4_routing.py \
-        [--patched-root DIR_WITH_sglang] [--sweep] --out benchmark/gemma4/results
+Usage (GPU machine, repo root; torch and triton are all the kernels need):
+    python benchmark/gemma4/bench_routing.py --out DIR [--dtypes bfloat16,float32] [--sweep]
+        [--quick] [--commit SHA] [--upstream-file PATH] [--gpu-tests TEST_FILE ...]
+
+Writes DIR/routing_<gpu>.json and .md (bf16; other dtypes get a _fp32 / _fp16 suffix), each naming
+device, date and commit. With --gpu-tests it then runs the GPU-marked tests of those files under this
+interpreter (so against the engine it has installed) and writes DIR/gpu_tests_<gpu>.txt, stamped
+the same way. sglang 0.5.23's gemma4_routing.py comes from --upstream-file, else $GEMMA4_UPSTREAM_ROUTING,
+else build/upstream_gemma4_routing.py (``make bench-tree``), else the verified upstream wheel in
+build/upstream/ (``make engine``).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import glob
+import hashlib
 import importlib
+import importlib.metadata
 import importlib.util
 import json
 import math
+import os
 import platform
 import statistics
 import subprocess
 import sys
+import tempfile
+import time
+import zipfile
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
+KERNEL_FILE = Path("python/sglang/kernels/ops/moe/gemma4_routing_network.py")
+UPSTREAM_MEMBER = "sglang/kernels/ops/moe/gemma4_routing.py"  # inside the 0.5.23 wheel
+UPSTREAM_ENV = "GEMMA4_UPSTREAM_ROUTING"
 TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 12289, 16384)
 SWEEP_TOKENS = (1, 64, 256, 512, 1024, 2048, 4096, 8192, 16384)
+# --quick: the token counts the README and the patch header quote, and the sweep's turning points.
+QUICK_TOKENS = (1, 8, 64, 256, 1024, 2048, 4096, 8192, 16384)
+QUICK_SWEEP_TOKENS = (1, 64, 1024, 2048, 4096, 16384)
 # Network kernel: groups of 8 keys per lane. Rounds kernel: (block_t, num_warps, chunks).
 SWEEP_GROUPS = (1, 2, 4, 8)
 SWEEP_SHAPES = ((1, 1, 1), (4, 1, 2), (8, 1, 4), (16, 2, 4))
 L2_BYTES = 50 * 2**20  # H100/H200; only sets how many buffers the cold mode cycles through
+DTYPE_SUFFIX = {"bfloat16": "", "float32": "_fp32", "float16": "_fp16"}
+
+
+# ----------------------------------------------------------------------------------------------
+# The code under test and the 0.5.23 baseline.
 
 
 def _load_file_module(name: str, path: Path):
+    """Imports a single-file module by path (Triton reads kernel sources from the file)."""
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
-        raise SystemExit(f"cannot load {path}")
+        raise FileNotFoundError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def upstream_routing_source(path: Path | None = None) -> tuple[str, str]:
+    """(text, where it came from) of sglang 0.5.23's kernels/ops/moe/gemma4_routing.py: ``path``,
+    else $GEMMA4_UPSTREAM_ROUTING, else build/upstream_gemma4_routing.py, else the upstream wheel."""
+    named = path if path is not None else os.environ.get(UPSTREAM_ENV) or None
+    if named is not None:
+        if not Path(named).is_file():
+            raise FileNotFoundError(f"sglang 0.5.23's gemma4_routing.py: no file at {named}")
+        return Path(named).read_text(), str(named)
+    extracted = REPO / "build/upstream_gemma4_routing.py"
+    if extracted.is_file():
+        return extracted.read_text(), str(extracted.relative_to(REPO))
+    for wheel in sorted(glob.glob(str(REPO / "build/upstream/sglang-0.5.23-*.whl"))):
+        with zipfile.ZipFile(wheel) as zf:
+            return zf.read(UPSTREAM_MEMBER).decode(), f"{Path(wheel).name}:{UPSTREAM_MEMBER}"
+    raise FileNotFoundError(
+        "sglang 0.5.23's gemma4_routing.py not found: pass --upstream-file, set "
+        f"{UPSTREAM_ENV}=PATH (e.g. the stock engine's sglang/{UPSTREAM_MEMBER[len('sglang/'):]}), "
+        "run `make bench-tree` (writes build/upstream_gemma4_routing.py) or `make engine` (fetches "
+        "the upstream wheel into build/upstream/)"
+    )
+
+
+def load_upstream_routing(path: Path | None = None):
+    """sglang 0.5.23's gemma4_routing module, loaded from a private copy of its file; refuses a
+    patched file. ``.source`` says where it came from."""
+    text, source = upstream_routing_source(path)
+    if "_gemma4_routing_kernel" not in text or "gemma4_routing_network" in text:
+        raise ValueError(f"{source} is not sglang 0.5.23's gemma4_routing.py (patched or other)")
+    copy = Path(tempfile.mkdtemp(prefix="upstream_routing_")) / "upstream_gemma4_routing.py"
+    copy.write_text(text)
+    module = _load_file_module("upstream_gemma4_routing", copy)
+    module.source = source
+    return module
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def installed_engine(kernel_file: Path) -> dict:
+    """The installed sglang (found, not imported) and whether its router kernel file is this one."""
+    spec = importlib.util.find_spec("sglang")
+    if spec is None or not spec.submodule_search_locations:
+        return {"sglang": None}
+    root = Path(list(spec.submodule_search_locations)[0])
+    try:
+        version = importlib.metadata.version("sglang")
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    installed = root / KERNEL_FILE.relative_to("python/sglang")
+    return {
+        "sglang": version,
+        "location": str(root),
+        "router_kernel_file_matches_this_checkout": (
+            installed.is_file() and _sha256(installed) == _sha256(kernel_file)
+        ),
+    }
+
+
+def _git(*args) -> str | None:
+    try:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def resolve_commit(given: str | None) -> str:
+    """The commit this run measures: --commit, else the checkout's HEAD (+dirty when the kernel
+    file or this script differ from it). Without either the run is refused: results name a commit."""
+    head = _git("rev-parse", "--short", "HEAD")
+    if given:
+        return given
+    if head is None:
+        raise SystemExit("cannot tell the commit (no git checkout here): pass --commit SHA")
+    dirty = _git("status", "--porcelain", "--", str(KERNEL_FILE), "benchmark/gemma4/bench_routing.py")
+    return head + ("+dirty" if dirty else "")
+
+
+def gpu_tag() -> str:
+    gpu = torch.cuda.get_device_name().lower()
+    return next((g for g in ("h200", "h100", "a100", "b200", "l40s") if g in gpu), "gpu")
+
+
+def stamp(commit: str) -> dict:
+    return {
+        "device": torch.cuda.get_device_name(),
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"),
+        "commit": commit,
+        "python": platform.python_version(), "torch": torch.__version__,
+        "triton": importlib.import_module("triton").__version__,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Timing.
 
 
 def torch_routing(gating_output, per_expert_scale, topk):
@@ -117,25 +245,15 @@ def peak_copy_gbps() -> float:
     return 2 * n / best / 1e9
 
 
-def launch_label(tiled, num_tokens, num_experts, topk, dtype) -> str:
+def launch_label(network, num_tokens, num_experts, topk, dtype) -> str:
     """What the patched router launches by default, e.g. "network G=4"."""
-    method, args = tiled.default_launch(num_tokens, num_experts, topk, dtype)
+    method, args = network.default_launch(num_tokens, num_experts, topk, dtype)
     if method == "network":
         return f"network G={args['groups']}"
     return f"rounds ({args['block_t']}, {args['num_warps']}, {args['chunks']})"
 
 
-def _git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()
-    except Exception:
-        return "unknown"
-
-
-def check_correctness(upstream, patched, tiled, dtype, num_experts, topk):
+def check_correctness(upstream, network, dtype, num_experts, topk):
     """ids bit for bit and weights within 1e-6 (relative) between upstream and patched."""
     out = {}
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -144,7 +262,7 @@ def check_correctness(upstream, patched, tiled, dtype, num_experts, topk):
         x[::3] = torch.randint(-3, 4, x[::3].shape, device="cuda", generator=gen).to(dtype)
         s = torch.rand(num_experts, device="cuda", generator=gen) + 0.5
         w_up, i_up = upstream.gemma4_fused_routing(x, s, topk)
-        w_p, i_p = patched.gemma4_fused_routing(x, s, topk)
+        w_p, i_p = network.gemma4_routing_network(x, s, topk)
         rel = ((w_p - w_up).abs() / w_up.abs().clamp_min(1e-30)).max().item()
         w_t, i_t = torch_routing(x, s, topk)
         same_values = torch.equal(torch.gather(x, 1, i_p.long()), torch.gather(x, 1, i_t.long()))
@@ -154,7 +272,8 @@ def check_correctness(upstream, patched, tiled, dtype, num_experts, topk):
             "selected_logits_equal_torch_topk": bool(same_values),
             "max_abs_weight_diff_torch": (w_p - w_t).abs().max().item(),
         }
-    forced = {f"network_g{g}": {"groups": g} for g in SWEEP_GROUPS}
+    forced = {f"network_g{g}": {"groups": g} for g in SWEEP_GROUPS
+              if g in network.network_group_choices(num_experts)}
     forced.update({f"rounds_{bt}_{nw}_{ch}": {"block_t": bt, "num_warps": nw, "chunks": ch}
                    for bt, nw, ch in SWEEP_SHAPES})
     for name, kwargs in forced.items():
@@ -162,65 +281,34 @@ def check_correctness(upstream, patched, tiled, dtype, num_experts, topk):
         x[::3] = torch.randint(-3, 4, x[::3].shape, device="cuda", generator=gen).to(dtype)
         s = torch.rand(num_experts, device="cuda", generator=gen) + 0.5
         w_up, i_up = upstream.gemma4_fused_routing(x, s, topk)
-        w_p, i_p = tiled.gemma4_routing_tiled(x, s, topk, **kwargs)
+        w_p, i_p = network.gemma4_routing_forced_launch(x, s, topk, **kwargs)
         rel = ((w_p - w_up).abs() / w_up.abs().clamp_min(1e-30)).max().item()
         out[name] = {"ids_equal_upstream": bool(torch.equal(i_up, i_p)),
                      "max_rel_weight_diff_upstream": rel}
     return out
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--upstream-file", type=Path,
-                    default=REPO / "build/pristine/sglang/kernels/ops/moe/gemma4_routing.py",
-                    help="the unpatched sglang 0.5.23 gemma4_routing.py")
-    ap.add_argument("--patched-root", type=Path, default=None,
-                    help="directory holding a patched `sglang` package (default: the installed one)")
-    ap.add_argument("--out", type=Path, default=REPO / "benchmark/gemma4/results")
-    ap.add_argument("--name", default=None,
-                    help="result file stem (default: routing_<gpu>, e.g. routing_h200)")
-    ap.add_argument("--experts", type=int, default=128)
-    ap.add_argument("--topk", type=int, default=8)
-    ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
-    ap.add_argument("--launches", type=int, default=100, help="launches per CUDA graph")
-    ap.add_argument("--trials", type=int, default=7)
-    ap.add_argument("--sweep", action="store_true", help="also time every forced launch shape")
-    ap.add_argument("--commit", default=None)
-    args = ap.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("bench_routing.py needs a CUDA GPU")
-
-    if args.patched_root is not None:
-        sys.path.insert(0, str(args.patched_root))
-    patched = importlib.import_module("sglang.kernels.ops.moe.gemma4_routing")
-    tiled = importlib.import_module("sglang.kernels.ops.moe.gemma4_routing_tiled")
-    upstream = _load_file_module("upstream_gemma4_routing", args.upstream_file)
-    if hasattr(upstream, "gemma4_routing_tiled"):
-        raise SystemExit(f"{args.upstream_file} is already patched")
-
-    dtype = getattr(torch, args.dtype)
+def bench_dtype(upstream, network, dtype_name: str, args, peak: float) -> dict:
+    dtype = getattr(torch, dtype_name)
     E, K = args.experts, args.topk
     elem = torch.tensor([], dtype=dtype).element_size()
     torch.manual_seed(0)
     scale = (torch.rand(E, device="cuda") + 0.5).contiguous()
-    peak = peak_copy_gbps()
-    print(f"device {torch.cuda.get_device_name()}, peak copy {peak:.0f} GB/s", flush=True)
-
     variants = {
         "torch": lambda x: torch_routing(x, scale, K),
         "upstream": lambda x: upstream.gemma4_fused_routing(x, scale, K),
-        "patched": lambda x: patched.gemma4_fused_routing(x, scale, K),
-        "rounds": lambda x: tiled.gemma4_routing_tiled(x, scale, K, method="rounds"),
+        "patched": lambda x: network.gemma4_routing_network(x, scale, K),
+        "rounds": lambda x: network.gemma4_routing_forced_launch(x, scale, K, method="rounds"),
     }
     rows = []
     for mode in ("cold", "hot"):
-        for T in TOKENS:
+        for T in (QUICK_TOKENS if args.quick else TOKENS):
             read, write = T * E * elem, T * K * 8
             moved = read + write + E * 4
             logits = _buffers(read, mode == "cold", args.launches,
                               lambda: torch.randn(T, E, device="cuda").to(dtype))
             row = {"mode": mode, "tokens": T, "bytes_moved": moved,
-                   "launch_shape": launch_label(tiled, T, E, K, dtype)}
+                   "launch_shape": launch_label(network, T, E, K, dtype)}
             for name, fn in variants.items():
                 row[f"{name}_us"] = _graph_time_us(fn, logits, args.launches, args.trials)
             half = moved // 2
@@ -237,65 +325,141 @@ def main() -> int:
             row["patched_over_floor_copy"] = row["patched_us"] / row["floor_copy_us"]
             row["patched_over_floor_bw"] = row["patched_us"] / row["floor_bw_us"]
             rows.append(row)
-            print(f"{mode} T={T:6d} torch {row['torch_us']:7.2f} upstream {row['upstream_us']:7.2f} "
-                  f"patched {row['patched_us']:6.2f} rounds {row['rounds_us']:6.2f} us  "
-                  f"x{row['speedup_vs_upstream']:.2f}  "
-                  f"copy-floor {row['floor_copy_us']:5.2f} bw-floor {row['floor_bw_us']:5.2f}",
-                  flush=True)
+            print(f"{dtype_name} {mode} T={T:6d} torch {row['torch_us']:7.2f} upstream "
+                  f"{row['upstream_us']:7.2f} patched {row['patched_us']:6.2f} rounds "
+                  f"{row['rounds_us']:6.2f} us  x{row['speedup_vs_upstream']:.2f}  copy-floor "
+                  f"{row['floor_copy_us']:5.2f} bw-floor {row['floor_bw_us']:5.2f}", flush=True)
             del logits, srcs, dst
 
     sweep = []
     if args.sweep:
-        for T in SWEEP_TOKENS:
+        for T in (QUICK_SWEEP_TOKENS if args.quick else SWEEP_TOKENS):
             logits = _buffers(T * E * elem, True, args.launches,
                               lambda: torch.randn(T, E, device="cuda").to(dtype))
             entry = {"tokens": T}
-            for g in (g for g in SWEEP_GROUPS if g in tiled.network_group_choices(E)):
-                fn = lambda x, g=g: tiled.gemma4_routing_tiled(x, scale, K, groups=g)
+            for g in (g for g in SWEEP_GROUPS if g in network.network_group_choices(E)):
+                fn = lambda x, g=g: network.gemma4_routing_forced_launch(x, scale, K, groups=g)
                 entry[f"network_g{g}"] = _graph_time_us(fn, logits, args.launches, args.trials)
             for bt, nw, ch in SWEEP_SHAPES:
-                fn = (lambda x, bt=bt, nw=nw, ch=ch:
-                      tiled.gemma4_routing_tiled(x, scale, K, block_t=bt, num_warps=nw, chunks=ch))
+                fn = (lambda x, bt=bt, nw=nw, ch=ch: network.gemma4_routing_forced_launch(
+                    x, scale, K, block_t=bt, num_warps=nw, chunks=ch))
                 entry[f"rounds_{bt}_{nw}_{ch}"] = _graph_time_us(fn, logits, args.launches,
                                                                  args.trials)
             sweep.append(entry)
             best = min((v, k) for k, v in entry.items() if k != "tokens")
-            print(f"sweep T={T}: best {best[1]} {best[0]:.2f} us", flush=True)
+            print(f"{dtype_name} sweep T={T}: best {best[1]} {best[0]:.2f} us", flush=True)
             del logits
 
-    checks = check_correctness(upstream, patched, tiled, dtype, E, K)
-    result = {
-        "benchmark": "gemma4 MoE routing, per launch inside a CUDA graph",
-        "device": torch.cuda.get_device_name(),
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"),
-        "commit": args.commit or _git_commit(),
-        "python": platform.python_version(), "torch": torch.__version__,
-        "triton": importlib.import_module("triton").__version__,
-        "experts": E, "topk": K, "dtype": args.dtype,
-        "launches_per_graph": args.launches, "trials": args.trials,
-        "peak_copy_gbps": peak, "rows": rows, "sweep": sweep, "checks": checks,
-    }
-    if args.name is None:
-        gpu = torch.cuda.get_device_name().lower()
-        args.name = "routing_" + next((g for g in ("h200", "h100", "a100", "b200", "l40s")
-                                        if g in gpu), "gpu")
+    return {"experts": E, "topk": K, "dtype": dtype_name, "rows": rows, "sweep": sweep,
+            "checks": check_correctness(upstream, network, dtype, E, K)}
+
+
+# ----------------------------------------------------------------------------------------------
+# GPU tests, logged with the same stamp.
+
+
+def run_gpu_tests(test_files: list, out: Path, meta: dict) -> int:
+    """The GPU-marked tests of ``test_files`` under this interpreter (its installed engine)."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", *test_files]
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    header = [
+        f"GPU tests: {' '.join(test_files)} (pytest -m gpu)",
+        f"device {meta['device']}, date {meta['date']}, commit {meta['commit']}",
+        f"python {meta['python']}, torch {meta['torch']}, triton {meta['triton']}",
+        f"installed engine: sglang {meta['installed_engine'].get('sglang')} at "
+        f"{meta['installed_engine'].get('location')}; its router kernel file matches this "
+        f"checkout: {meta['installed_engine'].get('router_kernel_file_matches_this_checkout')}",
+        f"exit status {proc.returncode}, {time.time() - t0:.0f} s",
+        "",
+    ]
+    log = out / f"gpu_tests_{gpu_tag()}.txt"
+    log.write_text("\n".join(header) + proc.stdout + proc.stderr)
+    print(f"wrote {log} (pytest exit status {proc.returncode})", flush=True)
+    return proc.returncode
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=REPO / "benchmark/gemma4/results")
+    ap.add_argument("--kernel-file", type=Path, default=REPO / KERNEL_FILE,
+                    help="the series' router kernel module (default: this checkout's)")
+    ap.add_argument("--upstream-file", type=Path, default=None,
+                    help="sglang 0.5.23's gemma4_routing.py (default: see the module docstring)")
+    ap.add_argument("--name", default=None,
+                    help="result file stem (default: routing_<gpu>, e.g. routing_h200)")
+    ap.add_argument("--experts", type=int, default=128)
+    ap.add_argument("--topk", type=int, default=8)
+    ap.add_argument("--dtypes", default="bfloat16",
+                    help="comma-separated logits dtypes: bfloat16, float32, float16")
+    ap.add_argument("--launches", type=int, default=100, help="launches per CUDA graph")
+    ap.add_argument("--trials", type=int, default=7)
+    ap.add_argument("--sweep", action="store_true", help="also time every forced launch shape")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"tokens {QUICK_TOKENS} (sweep {QUICK_SWEEP_TOKENS}) instead of {TOKENS}")
+    ap.add_argument("--commit", default=None, help="commit to stamp (default: git HEAD here)")
+    ap.add_argument("--gpu-tests", nargs="+", default=None, metavar="TEST_FILE",
+                    help="then run these files' GPU-marked tests and log them")
+    args = ap.parse_args()
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    bad = [d for d in dtypes if d not in DTYPE_SUFFIX]
+    if bad or not dtypes:
+        raise SystemExit(f"--dtypes: {bad or args.dtypes!r} not in {sorted(DTYPE_SUFFIX)}")
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_routing.py needs a CUDA GPU")
+    commit = resolve_commit(args.commit)
+    try:
+        upstream = load_upstream_routing(args.upstream_file)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(str(err))
+    network = _load_file_module("gemma4_routing_network_under_test", args.kernel_file)
+
+    t0 = time.time()
+    peak = peak_copy_gbps()
+    meta = stamp(commit)
+    meta.update({
+        "kernel_file": str(args.kernel_file.resolve().relative_to(REPO))
+        if args.kernel_file.resolve().is_relative_to(REPO) else str(args.kernel_file),
+        "kernel_sha256": _sha256(args.kernel_file),
+        "upstream_source": upstream.source,
+        "installed_engine": installed_engine(args.kernel_file),
+        "launches_per_graph": args.launches, "trials": args.trials, "quick": args.quick,
+        "peak_copy_gbps": peak,
+    })
+    print(f"device {meta['device']}, commit {commit}, peak copy {peak:.0f} GB/s", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / f"{args.name}.md").write_text(render_markdown(result))
-    print(f"wrote {args.out / args.name}.json and .md")
+    stem = args.name or f"routing_{gpu_tag()}"
+    for dtype_name in dtypes:
+        start = time.time()
+        result = {"benchmark": "gemma4 MoE routing, per launch inside a CUDA graph", **meta,
+                  **bench_dtype(upstream, network, dtype_name, args, peak)}
+        result["seconds"] = round(time.time() - start, 1)
+        name = stem + DTYPE_SUFFIX[dtype_name]
+        (args.out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+        (args.out / f"{name}.md").write_text(render_markdown(result))
+        print(f"wrote {args.out / name}.json and .md ({result['seconds']:.0f} s)", flush=True)
+    print(f"benchmark done in {time.time() - t0:.0f} s", flush=True)
+    if args.gpu_tests:
+        return run_gpu_tests(args.gpu_tests, args.out, meta)
     return 0
 
 
 def render_markdown(r: dict) -> str:
+    engine = r["installed_engine"]
     lines = [
         f"# Gemma-4 MoE router: upstream vs patched vs torch ({r['device']})",
         "",
-        f"Date {r['date']}, commit {r['commit']}, torch {r['torch']}, triton {r['triton']}. "
-        f"E={r['experts']}, K={r['topk']}, {r['dtype']} logits. Per launch inside a CUDA graph of "
-        f"{r['launches_per_graph']} launches, median of {r['trials']} trials. Peak device copy "
+        f"Date {r['date']}, commit {r['commit']}, torch {r['torch']}, triton {r['triton']}, "
+        f"python {r['python']}. E={r['experts']}, K={r['topk']}, {r['dtype']} logits. Per launch "
+        f"inside a CUDA graph of {r['launches_per_graph']} launches, median of {r['trials']} "
+        f"trials{' (--quick token counts)' if r['quick'] else ''}. Peak device copy "
         f"{r['peak_copy_gbps']:.0f} GB/s (1 GiB). floor bw = bytes moved / peak copy; floor copy = "
         "a copy of the same bytes timed like the kernels. cold = logits from HBM (buffers cycle "
         "through 3x L2), hot = the same logits every launch (L2).",
+        "",
+        f"Kernels: `{r['kernel_file']}` (sha256 {r['kernel_sha256'][:12]}); upstream: "
+        f"`{r['upstream_source']}`. Installed engine: sglang {engine.get('sglang')}, its kernel "
+        f"file matches: {engine.get('router_kernel_file_matches_this_checkout')}.",
         "",
     ]
     for mode in ("cold", "hot"):

@@ -5,7 +5,9 @@ fa; ragged: triton), then through a real trtllm_mha backend built on CPU
 (forward_decode up to the kernel call, the kernel replaced by a recorder), and
 through the hooks of fa4 and triton with their real pools and layers. On CPU
 the device record is host memory, so a violation is reported at the probe
-call itself; on CUDA it is reported at the next poll (see the GPU twin).
+call itself; on CUDA it is reported at the next poll (see the GPU twin). The
+CUDA path's kernels (sglang.kernels.ops.attention.page_table_bounds) run under
+Triton's interpreter against the torch path.
 """
 
 import os
@@ -18,10 +20,13 @@ import torch
 
 from test_attention_swa_pool_resolver import engine_env  # noqa: F401  (fixture)
 
-from sglang.srt.utils.page_table_probe import (
+from sglang.srt.layers.attention.page_table_probe import (
     PageTableBoundsError,
     PageTableProbe,
     maybe_create_page_table_probe,
+    poll_page_table_probe,
+    probe_paged_table,
+    probe_ragged_table,
 )
 
 FULL_MSG = (
@@ -155,22 +160,64 @@ def test_dump_window_follows_the_first_bad_entry():
     assert "entries[134:198]" in str(err.value)
 
 
+# Run as a file (Triton reads kernel sources from files) with TRITON_INTERPRET=1. The
+# row-scan kernel below is this test's own: an independent check of the torch path's scan.
 _INTERPRETER_CHECK = """
 import torch
-from sglang.srt.utils import page_table_probe as m
-assert m._triton_scan is not None and m._triton_kernels is not None
+import triton
+import triton.language as tl
+from sglang.srt.layers.attention import page_table_probe as m
+assert m.check_page_table_bounds is not None
+
+
+@triton.jit
+def _scan_rows_kernel(flat_ptr, start_ptr, lens_ptr, out_ptr, rows, cache_size,
+                      SANITIZE: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    start = tl.load(start_ptr + row).to(tl.int64)
+    n = tl.load(lens_ptr + row).to(tl.int64)
+    first = n
+    count = tl.zeros((), dtype=tl.int64)
+    first_val = tl.zeros((), dtype=tl.int64)
+    for off in range(0, n, BLOCK):
+        cols = off + tl.arange(0, BLOCK).to(tl.int64)
+        live = cols < n
+        v = tl.load(flat_ptr + start + cols, mask=live, other=0)
+        bad = live & ((v < 0) | (v >= cache_size))
+        if SANITIZE:
+            tl.store(flat_ptr + start + cols, tl.zeros_like(v), mask=bad)
+        else:
+            col = tl.min(tl.where(bad, cols, n), axis=0)
+            val = tl.sum(tl.where(bad & (cols == col), v.to(tl.int64), 0), axis=0)
+            first_val = tl.where(col < first, val, first_val)
+            first = tl.minimum(first, col)
+            count += tl.sum(bad.to(tl.int64), axis=0)
+    if not SANITIZE:
+        tl.store(out_ptr + row, first)
+        tl.store(out_ptr + rows + row, count)
+        tl.store(out_ptr + 2 * rows + row, first_val)
+
+
+def scan_rows_triton(flat, starts, lens, cache_size, sanitize):
+    rows = starts.numel()
+    out = torch.empty((3, rows), dtype=torch.int64)
+    _scan_rows_kernel[(rows,)](flat, starts, lens, out, rows, cache_size, SANITIZE=sanitize,
+                               BLOCK=1024)
+    return None if sanitize else (out[0], out[1], out[2])
+
+
 g = torch.Generator().manual_seed(0)
 for rows, n, limit in ((4, 400, 50), (7, 3000, 900), (1, 5, 1)):
     flat = torch.randint(-2, limit + 8, (n,), generator=g, dtype=torch.int32)
     lens = torch.randint(0, n // rows + 1, (rows,), generator=g)
     starts = torch.cumsum(lens, 0) - lens
-    ref = m._scan_rows_torch(flat.clone(), starts, lens, limit, False)
-    got = m._scan_rows(flat.clone(), starts, lens, limit, False, use_triton=True)
+    ref = m._scan_rows(flat.clone(), starts, lens, limit, False)
+    got = scan_rows_triton(flat.clone(), starts, lens, limit, False)
     for a, b in zip(ref, got):
         assert a.tolist() == b.tolist(), (a, b)
     x, y = flat.clone(), flat.clone()
-    m._scan_rows_torch(x, starts, lens, limit, True)
-    m._scan_rows(y, starts, lens, limit, True, use_triton=True)
+    m._scan_rows(x, starts, lens, limit, True)
+    scan_rows_triton(y, starts, lens, limit, True)
     assert torch.equal(x, y)
 
 
@@ -218,12 +265,14 @@ print("ok")
 """
 
 
-def test_triton_scan_kernel_matches_torch_path_in_interpreter():
+def test_triton_scan_kernel_matches_torch_path_in_interpreter(tmp_path):
     """CPU twin of the CUDA path: the probe's Triton kernels under TRITON_INTERPRET
     give the torch path's reports, dumps and neutralised tables."""
     env = dict(os.environ, TRITON_INTERPRET="1")
+    script = tmp_path / "probe_interpreter_check.py"
+    script.write_text(_INTERPRETER_CHECK)
     proc = subprocess.run(
-        [sys.executable, "-c", _INTERPRETER_CHECK],
+        [sys.executable, str(script)],
         env=env,
         capture_output=True,
         text=True,
@@ -248,6 +297,42 @@ def test_switch(monkeypatch):
     assert maybe_create_page_table_probe("triton", "cpu", 8) is None
     monkeypatch.setenv("SGLANG_ENABLE_ASYNC_ASSERT", "1")
     assert isinstance(maybe_create_page_table_probe("triton", "cpu", 8), PageTableProbe)
+
+
+class _Pool:
+    """A KV pool with one token-major key buffer of ``pages`` pages for every layer."""
+
+    def __init__(self, pages, page_size):
+        self.buffer = torch.empty(pages * page_size, 1, 1)
+
+    def get_key_buffer(self, layer_id):
+        return self.buffer
+
+
+def test_hooks_do_nothing_without_a_probe():
+    seq, full, _ = _tables()
+    full[1, 2] = 17
+    before = full.clone()
+    layer = types.SimpleNamespace(layer_id=5, sliding_window_size=None)
+    poll_page_table_probe(None)
+    probe_paged_table(None, layer, full, seq, 64, _Pool(17, 64))
+    probe_ragged_table(None, layer, full.view(-1), torch.tensor([0, 8]), 1, _Pool(17, 1))
+    assert torch.equal(full, before)
+
+
+def test_a_table_the_probe_does_not_read_leaves_the_first_layer_slot_free():
+    """fa passes None for local-attention tables: skipped, so the next full
+    layer is the one checked."""
+    probe = PageTableProbe("fa4", "cpu", 8)
+    pool = _Pool(17, 64)
+    seq, full, _ = _tables()
+    local = types.SimpleNamespace(layer_id=2, sliding_window_size=None)
+    probe_paged_table(probe, local, None, seq, 64, pool)
+    full[1, 2] = 17
+    with pytest.raises(PageTableBoundsError) as err:
+        probe_paged_table(probe, types.SimpleNamespace(layer_id=5, sliding_window_size=-1),
+                          full, seq, 64, pool)
+    assert str(err.value) == FULL_MSG.replace("backend=trtllm_mha", "backend=fa4")
 
 
 @pytest.mark.gpu
@@ -352,10 +437,10 @@ def test_fa4_hook_with_real_pool(engine_env, monkeypatch):
     swa_layer, full_layer = _layers()
     probe = backend._page_table_probe
     seq, full, swa = _tables()
-    probe.check_layer_paged(full_layer, full, seq, 64, backend.token_to_kv_pool)
+    probe_paged_table(probe, full_layer, full, seq, 64, backend.token_to_kv_pool)
     full[1, 2] = 17
     with pytest.raises(PageTableBoundsError) as err:
-        probe.check_layer_paged(full_layer, full, seq, 64, backend.token_to_kv_pool)
+        probe_paged_table(probe, full_layer, full, seq, 64, backend.token_to_kv_pool)
     assert str(err.value) == FULL_MSG.replace("backend=trtllm_mha", "backend=fa4")
 
 
@@ -401,8 +486,8 @@ def test_probe_turns_the_frozen_kv_swa_bug_into_an_error(engine_env, monkeypatch
         types.SimpleNamespace(), types.SimpleNamespace(target_token_to_kv_pool=target), backend
     )
     with view, pytest.raises(PageTableBoundsError) as err:
-        backend._page_table_probe.check_layer_paged(
-            swa_layer, full_table, seq, 64, backend.token_to_kv_pool
+        probe_paged_table(
+            backend._page_table_probe, swa_layer, full_table, seq, 64, backend.token_to_kv_pool
         )
     assert str(err.value).splitlines()[0] == (
         "page-table bounds probe: backend=fa4 layer_kind=swa layer=0 request_row=0 "

@@ -4,23 +4,27 @@ Contract: ids = the top-k experts by logit, largest first, equal logits by lower
 IEEE totalOrder of the logit widened to fp32 (so +NaN ranks first, like torch.topk, and +0.0 above
 -0.0); weights = softmax(logits[ids]) * per_expert_scale[ids] as fp32; ids int32.
 
-The router has two kernels (gemma4_routing_tiled): the network kernel (topk <= 8, the default there)
-and the rounds kernel (any topk). The CPU tests run the installed kernels under Triton's interpreter
-(CPU tensors) and force every launch shape of both on small batches; the GPU-marked tests run the same
-checks compiled, on large batches too, and compare with the previous one-token-per-program kernel bit
-for bit on the ids.
+The router's kernels live in gemma4_routing_network: the network kernel (topk <= 8) and the rounds
+kernel (topk > 8); gemma4_routing_forced_launch runs either with any launch shape. The CPU tests run
+the installed kernels under Triton's interpreter (CPU tensors) and force every launch shape of both on
+small batches; the GPU-marked tests run the same checks compiled, on large batches too, and compare
+with sglang 0.5.23's one-token-per-program kernel bit for bit on the ids (its gemma4_routing.py,
+loaded as benchmark/gemma4/bench_routing.py loads it).
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 ROUTING = "sglang.kernels.ops.moe.gemma4_routing"
-TILED = "sglang.kernels.ops.moe.gemma4_routing_tiled"
+NETWORK = "sglang.kernels.ops.moe.gemma4_routing_network"
+BENCH = Path(__file__).resolve().parents[2] / "benchmark/gemma4/bench_routing.py"
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Rounds kernel: launch shapes (block_t, num_warps, chunks) that choose_launch_shape can return,
@@ -111,7 +115,7 @@ def _scale(num_experts: int, seed: int = 1) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def interp():
-    """(routing module, tiled module) of the installed engine, re-imported in interpreter mode.
+    """(routing module, network module) of the installed engine, re-imported in interpreter mode.
 
     Triton decides at decoration time whether a kernel is compiled or interpreted, so both modules
     are reloaded with TRITON_INTERPRET=1 and reloaded again afterwards for later tests.
@@ -119,26 +123,26 @@ def interp():
     old = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1"
     try:
-        tiled = importlib.reload(importlib.import_module(TILED))
+        network = importlib.reload(importlib.import_module(NETWORK))
         routing = importlib.reload(importlib.import_module(ROUTING))
-        yield routing, tiled
+        yield routing, network
     finally:
         if old is None:
             os.environ.pop("TRITON_INTERPRET", None)
         else:
             os.environ["TRITON_INTERPRET"] = old
-        importlib.reload(importlib.import_module(TILED))
+        importlib.reload(importlib.import_module(NETWORK))
         importlib.reload(importlib.import_module(ROUTING))
 
 
-def test_installed_router_calls_the_tiled_kernel(interp):
-    routing, tiled = interp
+def test_installed_router_calls_the_network_module(interp):
+    routing, network = interp
     x = special_logits(7, 128, torch.bfloat16)
     s = _scale(128)
     w_hook, i_hook = routing.gemma4_fused_routing(x, s, 8)
-    w_tiled, i_tiled = tiled.gemma4_routing_tiled(x, s, 8)
-    assert torch.equal(i_hook, i_tiled)
-    torch.testing.assert_close(w_hook, w_tiled, rtol=0, atol=0, equal_nan=True)
+    w_net, i_net = network.gemma4_routing_network(x, s, 8)
+    assert torch.equal(i_hook, i_net)
+    torch.testing.assert_close(w_hook, w_net, rtol=0, atol=0, equal_nan=True)
     assert_matches_reference(w_hook, i_hook, x, s, 8)
 
 
@@ -158,8 +162,8 @@ def test_large_batch_cpu(interp):
     """T=4096 takes the prefill shape of the network kernel (32 keys per lane). One dtype here, as
     the interpreter takes about a minute per dtype; the GPU twin runs all three at 4096 and 4097,
     and test_every_network_shape_cpu runs G=4 on all three with a partial last program."""
-    routing, tiled = interp
-    assert tiled.choose_network_groups(4096, 128) == tiled.choose_network_groups(4097, 128) == 4
+    routing, network = interp
+    assert network.choose_network_groups(4096, 128) == network.choose_network_groups(4097, 128) == 4
     x = special_logits(4096, 128, torch.bfloat16, seed=3)
     s = _scale(128)
     weights, ids = routing.gemma4_fused_routing(x, s, 8)
@@ -170,12 +174,12 @@ def test_large_batch_cpu(interp):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_every_launch_shape_cpu(interp, shape, dtype):
     """Each launch shape on a small batch, including a partial last tile (T not a multiple)."""
-    _, tiled = interp
+    _, network = interp
     block_t, num_warps, chunks = shape
     num_tokens = 2 * block_t + 3
     x = special_logits(num_tokens, 128, dtype, seed=block_t)
     s = _scale(128)
-    weights, ids = tiled.gemma4_routing_tiled(
+    weights, ids = network.gemma4_routing_forced_launch(
         x, s, 8, block_t=block_t, num_warps=num_warps, chunks=chunks
     )
     assert_matches_reference(weights, ids, x, s, 8)
@@ -185,12 +189,12 @@ def test_every_launch_shape_cpu(interp, shape, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_every_network_shape_cpu(interp, groups, dtype):
     """Each network shape on a small batch with a partial last program (32 / L tokens each)."""
-    _, tiled = interp
+    _, network = interp
     lanes = 128 // (8 * groups)
     num_tokens = 2 * (32 // lanes) + 3
     x = special_logits(num_tokens, 128, dtype, seed=groups)
     s = _scale(128)
-    weights, ids = tiled.gemma4_routing_tiled(x, s, 8, groups=groups)
+    weights, ids = network.gemma4_routing_forced_launch(x, s, 8, groups=groups)
     assert_matches_reference(weights, ids, x, s, 8)
 
 
@@ -202,27 +206,31 @@ def test_every_network_shape_cpu(interp, groups, dtype):
 @pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float32), ids=str)
 def test_network_odd_expert_counts_cpu(interp, num_experts, topk, groups, dtype):
     """E below 8 or not a power of two (padding keys), every K <= 8, odd E (no 32-bit words)."""
-    _, tiled = interp
+    _, network = interp
     x = special_logits(11, num_experts, dtype, seed=num_experts + topk)
     s = _scale(num_experts)
-    weights, ids = tiled.gemma4_routing_tiled(x, s, topk, groups=groups)
+    weights, ids = network.gemma4_routing_forced_launch(x, s, topk, groups=groups)
     assert_matches_reference(weights, ids, x, s, topk)
 
 
 def test_default_kernel_by_topk_cpu(interp, monkeypatch):
-    """topk <= 8 runs the network kernel, topk > 8 the rounds kernel; forcing works both ways."""
-    _, tiled = interp
+    """The served entry runs the network kernel for topk <= 8 and the rounds kernel for topk > 8;
+    the forced entry runs either kernel."""
+    _, network = interp
     calls = []
     for name in ("_network_launch", "_rounds_launch"):
-        real = getattr(tiled, name)
+        real = getattr(network, name)
         monkeypatch.setattr(
-            tiled, name, lambda *a, _real=real, _name=name: (calls.append(_name), _real(*a))[1]
+            network, name, lambda *a, _real=real, _name=name: (calls.append(_name), _real(*a))[1]
         )
     x, s = special_logits(9, 64, torch.bfloat16), _scale(64)
     for topk, method, want in ((8, None, "_network_launch"), (9, None, "_rounds_launch"),
                                (8, "rounds", "_rounds_launch"), (1, "network", "_network_launch")):
         calls.clear()
-        weights, ids = tiled.gemma4_routing_tiled(x, s, topk, method=method)
+        if method is None:
+            weights, ids = network.gemma4_routing_network(x, s, topk)
+        else:
+            weights, ids = network.gemma4_routing_forced_launch(x, s, topk, method=method)
         assert calls == [want], (topk, method, calls)
         assert_matches_reference(weights, ids, x, s, topk)
 
@@ -234,7 +242,7 @@ def test_default_kernel_by_topk_cpu(interp, monkeypatch):
 @pytest.mark.parametrize("shape", ((1, 1, 1), (4, 1, 2), (8, 1, 4)), ids=lambda s: "bt%d_w%d_c%d" % s)
 def test_odd_expert_counts_and_large_k_cpu(interp, num_experts, topk, shape):
     """E not a power of two (masked lanes), K > 16 (rolled loop), K == E."""
-    _, tiled = interp
+    _, network = interp
     block_t, num_warps, chunks = shape
     block_e = 1 << (num_experts - 1).bit_length()
     block_k = 1 << (topk - 1).bit_length()
@@ -242,7 +250,7 @@ def test_odd_expert_counts_and_large_k_cpu(interp, num_experts, topk, shape):
         chunks //= 2
     x = special_logits(block_t + 2, num_experts, torch.bfloat16, seed=num_experts)
     s = _scale(num_experts)
-    weights, ids = tiled.gemma4_routing_tiled(
+    weights, ids = network.gemma4_routing_forced_launch(
         x, s, topk, block_t=block_t, num_warps=num_warps, chunks=chunks
     )
     assert_matches_reference(weights, ids, x, s, topk)
@@ -283,47 +291,47 @@ def test_ties_pick_lower_ids_first_cpu(interp):
 
 
 def test_launch_shape_choice():
-    tiled = importlib.import_module(TILED)
-    shapes = {t: tiled.choose_launch_shape(t, 128, 8) for t in (1, 64, 1024, 1025, 4096, 4097, 16384)}
+    network = importlib.import_module(NETWORK)
+    shapes = {t: network.choose_launch_shape(t, 128, 8) for t in (1, 64, 1024, 1025, 4096, 4097, 16384)}
     assert shapes[1] == shapes[64] == shapes[1024] == (1, 1, 1)
     assert shapes[1025] == shapes[4096] == shapes[4097] == shapes[16384] == (8, 1, 4)
     for block_t, num_warps, chunks in shapes.values():
         assert block_t & (block_t - 1) == 0 and num_warps & (num_warps - 1) == 0
     # Pieces hold >= max(BLOCK_K, 8) experts; about 16 / 32 logits per thread at any E.
-    assert tiled.choose_launch_shape(16384, 8, 1) == (8, 1, 1)
-    assert tiled.choose_launch_shape(16384, 64, 32) == (8, 1, 2)
-    assert tiled.choose_launch_shape(16384, 256, 8) == (4, 1, 4)
-    assert tiled.choose_launch_shape(16384, 1024, 8) == (1, 1, 4)
-    assert tiled.choose_launch_shape(2000, 1024, 8) == (1, 1, 4)
-    assert tiled.choose_launch_shape(2000, 16, 8) == (8, 1, 2)  # pieces of >= 8 experts
+    assert network.choose_launch_shape(16384, 8, 1) == (8, 1, 1)
+    assert network.choose_launch_shape(16384, 64, 32) == (8, 1, 2)
+    assert network.choose_launch_shape(16384, 256, 8) == (4, 1, 4)
+    assert network.choose_launch_shape(16384, 1024, 8) == (1, 1, 4)
+    assert network.choose_launch_shape(2000, 1024, 8) == (1, 1, 4)
+    assert network.choose_launch_shape(2000, 16, 8) == (8, 1, 2)  # pieces of >= 8 experts
 
 
 def test_network_groups_choice():
-    tiled = importlib.import_module(TILED)
-    groups = {t: tiled.choose_network_groups(t, 128) for t in (1, 32, 33, 2048, 2049, 16384)}
+    network = importlib.import_module(NETWORK)
+    groups = {t: network.choose_network_groups(t, 128) for t in (1, 32, 33, 2048, 2049, 16384)}
     assert groups == {1: 1, 32: 1, 33: 2, 2048: 2, 2049: 4, 16384: 4}
     # A token spans at most 32 lanes and a lane holds at least one group of 8.
-    assert tiled.choose_network_groups(1, 1024) == 4  # 32 lanes of 32 keys
-    assert tiled.choose_network_groups(16384, 1024) == 4
-    assert tiled.choose_network_groups(16384, 16) == 2
-    assert tiled.choose_network_groups(16384, 5) == 1  # padded to 8 keys
+    assert network.choose_network_groups(1, 1024) == 4  # 32 lanes of 32 keys
+    assert network.choose_network_groups(16384, 1024) == 4
+    assert network.choose_network_groups(16384, 16) == 2
+    assert network.choose_network_groups(16384, 5) == 1  # padded to 8 keys
     # fp32 logits (64-bit keys): the short-chain shapes stay longer.
-    fp32 = {t: tiled.choose_network_groups(t, 128, 64) for t in (1, 1024, 1025, 4096, 4097, 8193)}
+    fp32 = {t: network.choose_network_groups(t, 128, 64) for t in (1, 1024, 1025, 4096, 4097, 8193)}
     assert fp32 == {1: 1, 1024: 1, 1025: 2, 4096: 2, 4097: 4, 8193: 8}
     with pytest.raises(ValueError, match="key_bits must be 32 or 64"):
-        tiled.choose_network_groups(1, 128, 16)
-    assert tiled.network_group_choices(1024) == (4, 8)
-    assert tiled.network_group_choices(128) == (1, 2, 4, 8)
-    assert tiled.network_group_choices(30) == (1, 2, 4)
-    assert tiled.network_group_choices(5) == (1,)
+        network.choose_network_groups(1, 128, 16)
+    assert network.network_group_choices(1024) == (4, 8)
+    assert network.network_group_choices(128) == (1, 2, 4, 8)
+    assert network.network_group_choices(30) == (1, 2, 4)
+    assert network.network_group_choices(5) == (1,)
     # The wrapper's default, as the benchmark labels it.
-    assert tiled.default_launch(64, 128, 8, torch.float32) == ("network", {"groups": 1})
-    assert tiled.default_launch(64, 128, 8, torch.bfloat16) == ("network", {"groups": 2})
-    assert tiled.default_launch(5000, 128, 9, torch.bfloat16) == (
+    assert network.default_launch(64, 128, 8, torch.float32) == ("network", {"groups": 1})
+    assert network.default_launch(64, 128, 8, torch.bfloat16) == ("network", {"groups": 2})
+    assert network.default_launch(5000, 128, 9, torch.bfloat16) == (
         "rounds", {"block_t": 8, "num_warps": 1, "chunks": 4})
     for t, e, bits in ((t, e, bits) for t in (1, 600, 5000, 9000) for bits in (32, 64)
                        for e in (1, 8, 30, 128, 256, 1000, 1024)):
-        g = tiled.choose_network_groups(t, e, bits)
+        g = network.choose_network_groups(t, e, bits)
         block_e = max(8, 1 << (e - 1).bit_length())
         assert g in (1, 2, 4, 8) and 8 * g <= block_e and block_e // (8 * g) <= 32
 
@@ -353,26 +361,26 @@ def test_bad_inputs_raise_clear_errors(args, exc, match):
 
 
 def test_bad_launch_overrides_raise():
-    tiled = importlib.import_module(TILED)
+    network = importlib.import_module(NETWORK)
     x, s = torch.randn(4, 128), torch.ones(128)
     with pytest.raises(ValueError, match="block_t must be a power of two"):
-        tiled.gemma4_routing_tiled(x, s, 8, block_t=3)
+        network.gemma4_routing_forced_launch(x, s, 8, block_t=3)
     with pytest.raises(ValueError, match="num_warps must be a power of two"):
-        tiled.gemma4_routing_tiled(x, s, 8, num_warps=0)
+        network.gemma4_routing_forced_launch(x, s, 8, num_warps=0)
     with pytest.raises(ValueError, match="chunks"):
-        tiled.gemma4_routing_tiled(x, s, 8, chunks=32)
+        network.gemma4_routing_forced_launch(x, s, 8, chunks=32)
     with pytest.raises(ValueError, match="groups must be 1, 2, 4 or 8"):
-        tiled.gemma4_routing_tiled(x, s, 8, groups=3)
+        network.gemma4_routing_forced_launch(x, s, 8, groups=3)
     with pytest.raises(ValueError, match="groups must be 1, 2, 4 or 8"):
-        tiled.gemma4_routing_tiled(x[:, :16], s[:16], 8, groups=4)  # 32 keys for 16 experts
+        network.gemma4_routing_forced_launch(x[:, :16], s[:16], 8, groups=4)  # 32 keys for 16 experts
     with pytest.raises(ValueError, match="at most 8 experts per token"):
-        tiled.gemma4_routing_tiled(x, s, 9, method="network")
+        network.gemma4_routing_forced_launch(x, s, 9, method="network")
     with pytest.raises(ValueError, match="method must be"):
-        tiled.gemma4_routing_tiled(x, s, 8, method="sort")
+        network.gemma4_routing_forced_launch(x, s, 8, method="sort")
     with pytest.raises(ValueError, match="apply to method='rounds' only"):
-        tiled.gemma4_routing_tiled(x, s, 8, method="network", block_t=8)
+        network.gemma4_routing_forced_launch(x, s, 8, method="network", block_t=8)
     with pytest.raises(ValueError, match="groups applies to method='network' only"):
-        tiled.gemma4_routing_tiled(x, s, 8, method="rounds", groups=2)
+        network.gemma4_routing_forced_launch(x, s, 8, method="rounds", groups=2)
 
 
 def test_empty_batch_returns_typed_empty_outputs():
@@ -383,19 +391,21 @@ def test_empty_batch_returns_typed_empty_outputs():
 
 
 # ----------------------------------------------------------------------------------------------
-# GPU: compiled kernels, large batches, and the previous kernel as a second reference.
+# GPU: compiled kernels, large batches, and sglang 0.5.23's kernel as a second reference.
 
 
-def _upstream_rowwise(routing, logits, scale, topk):
-    """The previous one-token-per-program kernel (still in the module), launched as before."""
-    num_tokens, num_experts = logits.shape
-    weights = torch.empty(num_tokens, topk, dtype=torch.float32, device=logits.device)
-    ids = torch.empty(num_tokens, topk, dtype=torch.int32, device=logits.device)
-    routing._gemma4_routing_kernel[(num_tokens,)](
-        logits, scale, weights, ids, logits.stride(0), num_experts, topk,
-        1 << (num_experts - 1).bit_length(), num_warps=1,
-    )
-    return weights, ids
+@pytest.fixture(scope="module")
+def upstream_routing():
+    """sglang 0.5.23's gemma4_routing module (its one-token-per-program kernel), found and loaded
+    by the router benchmark's loader: $GEMMA4_UPSTREAM_ROUTING, build/upstream_gemma4_routing.py
+    (make bench-tree) or the verified upstream wheel in build/upstream/ (make engine)."""
+    spec = importlib.util.spec_from_file_location("gemma4_bench_routing", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    try:
+        return bench.load_upstream_routing()
+    except (FileNotFoundError, ValueError) as err:
+        pytest.fail(str(err))
 
 
 @pytest.mark.gpu
@@ -416,11 +426,11 @@ def test_matches_reference_gpu(dtype, num_experts, topk, num_tokens):
 @pytest.mark.parametrize("shape", FORCED_SHAPES, ids=lambda s: "bt%d_w%d_c%d" % s)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_every_launch_shape_gpu(shape, dtype):
-    tiled = importlib.import_module(TILED)
+    network = importlib.import_module(NETWORK)
     block_t, num_warps, chunks = shape
     x = special_logits(4096 + 3, 128, dtype, seed=block_t).cuda()
     s = _scale(128).cuda()
-    weights, ids = tiled.gemma4_routing_tiled(
+    weights, ids = network.gemma4_routing_forced_launch(
         x, s, 8, block_t=block_t, num_warps=num_warps, chunks=chunks
     )
     assert_matches_reference(weights, ids, x, s, 8)
@@ -431,19 +441,19 @@ def test_every_launch_shape_gpu(shape, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("num_experts", (30, 128, 256, 1024))
 def test_every_network_shape_gpu(groups, dtype, num_experts):
-    tiled = importlib.import_module(TILED)
-    if groups not in tiled.network_group_choices(num_experts):
+    network = importlib.import_module(NETWORK)
+    if groups not in network.network_group_choices(num_experts):
         pytest.skip(f"groups={groups} is not a shape for E={num_experts}")
     x = special_logits(4096 + 3, num_experts, dtype, seed=groups).cuda()
     for s in (_scale(num_experts).cuda(), _scale(num_experts).cuda().bfloat16()):
-        weights, ids = tiled.gemma4_routing_tiled(x, s, 8, groups=groups)
+        weights, ids = network.gemma4_routing_forced_launch(x, s, 8, groups=groups)
         assert_matches_reference(weights, ids, x, s, 8)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("num_tokens", (1, 7, 64, 4096, 16384))
-def test_same_ids_as_previous_kernel_gpu(dtype, num_tokens):
+def test_same_ids_as_previous_kernel_gpu(upstream_routing, dtype, num_tokens):
     """Bit for bit on the ids, 1e-6 relative on the weights, for finite rows and +NaN ties."""
     routing = importlib.import_module(ROUTING)
     gen = torch.Generator().manual_seed(num_tokens)
@@ -452,7 +462,7 @@ def test_same_ids_as_previous_kernel_gpu(dtype, num_tokens):
     x = x.cuda()
     s = _scale(128).cuda()
     w_new, i_new = routing.gemma4_fused_routing(x, s, 8)
-    w_old, i_old = _upstream_rowwise(routing, x, s, 8)
+    w_old, i_old = upstream_routing.gemma4_fused_routing(x, s, 8)
     assert torch.equal(i_new, i_old)
     torch.testing.assert_close(w_new, w_old, rtol=1e-6, atol=0.0)
 
@@ -466,14 +476,14 @@ def _compiled_variants(kernel) -> int:
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("method,kernel", [("network", "_gemma4_routing_network_kernel"),
-                                           ("rounds", "_gemma4_routing_tiled_kernel")])
+                                           ("rounds", "_gemma4_routing_rounds_kernel")])
 def test_no_recompile_for_new_token_counts_gpu(method, kernel):
-    tiled = importlib.import_module(TILED)
-    kernel = getattr(tiled, kernel)
+    network = importlib.import_module(NETWORK)
+    kernel = getattr(network, kernel)
     s = _scale(128).cuda()
     counts = []
     for num_tokens in (8193, 9000, 12289, 16384, 16001):
         x = torch.randn(num_tokens, 128, device="cuda").bfloat16()
-        tiled.gemma4_routing_tiled(x, s, 8, method=method)
+        network.gemma4_routing_forced_launch(x, s, 8, method=method)
         counts.append(_compiled_variants(kernel))
     assert counts[-1] == counts[0], f"compiled variants grew with T: {counts}"

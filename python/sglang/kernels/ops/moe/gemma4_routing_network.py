@@ -1,4 +1,4 @@
-"""Gemma-4 MoE router, several tokens per program.
+"""Gemma-4 MoE router: the sorting-network kernel (and the rounds kernel for topk > 8).
 
 For router logits ``x`` [T, E] (bf16, fp16 or fp32, E <= 1024) and a per-expert scale ``s`` [E]:
 
@@ -7,9 +7,10 @@ For router logits ``x`` [T, E] (bf16, fp16 or fp32, E <= 1024) and a per-expert 
     weights[t] = softmax(x[t, ids[t]]) * s[ids[t]]                                      (float32)
 
 This is the contract of ``gemma4_fused_routing`` (sglang.kernels.ops.moe.gemma4_routing), which calls
-into this module. The previous kernel there runs one single-warp program per token and sorts all E
-packed (key, id) pairs with a 64-bit bitonic sort: at prefill sizes the sort, not memory, is the cost
-(24 us for 16384 tokens on H100/H200 against a copy of the same bytes in under 3 us).
+``gemma4_routing_network`` here. sglang 0.5.23's kernel ran one single-warp program per token and
+sorted all E packed (key, id) pairs with a 64-bit bitonic sort: at prefill sizes the sort, not
+memory, was the cost (24 us for 16384 tokens on H100/H200 against a copy of the same bytes in under
+3 us).
 
 Every logit becomes one unsigned integer key: the logit's bits mapped so that integer order is IEEE
 totalOrder of the value widened to fp32, then ``1023 - expert id`` in the low 10 bits. Keys are
@@ -26,19 +27,23 @@ keys take 64. Two kernels select on these keys:
   writes slots q * 8 / L ...; the softmax denominator is a sum over the token's lanes. G is chosen
   from T and the key width (``choose_network_groups``): fewer keys per lane (more lanes, a shorter
   chain per warp) for small batches, 32 keys per lane (fewest instructions per token) for prefill;
-* the rounds kernel (any topk): k rounds of "largest key not above the previous one" over a tile of
+* the rounds kernel (topk > 8): k rounds of "largest key not above the previous one" over a tile of
   tokens (one subtraction and one unsigned min per logit, then a reduction over the lanes holding the
-  row), launch shape from ``choose_launch_shape``. It serves topk > 8 and stays available for A/B.
+  row), launch shape from ``choose_launch_shape``.
 
-Both take T and E at run time: token counts share compiled kernels, one per launch shape (the
-network kernel has at most four per logits dtype), and E only picks the power-of-two tile. The
+``gemma4_routing_network`` is the served entry point: it takes only the router's inputs and
+launches what ``default_launch`` picks. ``gemma4_routing_forced_launch`` runs a chosen kernel and
+launch shape, for tests and benchmarks.
+
+Both kernels take T and E at run time: token counts share compiled kernels, one per launch shape
+(the network kernel has at most four per logits dtype), and E only picks the power-of-two tile. The
 network kernel also compiles per topk (a model has one); the rounds kernel takes it at run time.
 
-Ordering is IEEE-754 totalOrder of the logit widened to fp32, as in the previous kernel:
+Ordering is IEEE-754 totalOrder of the logit widened to fp32, as in 0.5.23's kernel:
 -NaN < -inf < ... < -0.0 < +0.0 < ... < +inf < +NaN, so the positive NaNs torch produces rank first,
 as in ``torch.topk``. Weights follow ``torch.softmax`` over the selected logits: a row whose selected
-logits include a NaN or +inf, or are all -inf, gets NaN weights (the previous kernel returned a mix of
-NaN and unnormalised values for such rows). On finite rows the ids equal the previous kernel's bit for
+logits include a NaN or +inf, or are all -inf, gets NaN weights (0.5.23's kernel returned a mix of
+NaN and unnormalised values for such rows). On finite rows the ids equal 0.5.23's kernel's bit for
 bit and the weights agree to under 1e-6 relative (benchmark/gemma4/results/routing_*.md).
 """
 
@@ -415,7 +420,7 @@ def _gemma4_routing_network_kernel(
 
 
 @triton.jit(do_not_specialize=["T"])
-def _gemma4_routing_tiled_kernel(
+def _gemma4_routing_rounds_kernel(
     logits_ptr,  # [T, E] fp16 / bf16 / fp32, unit stride along E
     scale_ptr,  # [E] per-expert scale, any float dtype
     weights_ptr,  # [T, K] fp32 out, contiguous
@@ -623,7 +628,7 @@ def _key_mode(logits_dtype: torch.dtype) -> int:
 
 def default_launch(num_tokens: int, num_experts: int, topk: int,
                    logits_dtype: torch.dtype) -> tuple[str, dict]:
-    """(method, launch arguments) that ``gemma4_routing_tiled`` uses when nothing is forced, e.g.
+    """(method, launch arguments) that ``gemma4_routing_network`` launches, e.g.
     ("network", {"groups": 4}) or ("rounds", {"block_t": 8, "num_warps": 1, "chunks": 4})."""
     if topk > NETWORK_MAX_TOPK:
         block_t, num_warps, chunks = choose_launch_shape(num_tokens, num_experts, topk)
@@ -678,26 +683,9 @@ def _network_launch(gating_output, per_expert_scale, topk, groups, weights, ids)
 def _rounds_launch(gating_output, per_expert_scale, topk, block_t, num_warps, chunks, weights,
                    ids) -> None:
     num_tokens, num_experts = gating_output.shape
-    default_block_t, default_warps, default_chunks = choose_launch_shape(
-        num_tokens, num_experts, topk
-    )
-    block_t = default_block_t if block_t is None else block_t
-    num_warps = default_warps if num_warps is None else num_warps
-    if block_t < 1 or block_t & (block_t - 1):
-        raise ValueError(f"block_t must be a power of two, got {block_t}")
-    if num_warps < 1 or num_warps & (num_warps - 1):
-        raise ValueError(f"num_warps must be a power of two, got {num_warps}")
     block_e = triton.next_power_of_2(num_experts)
-    block_k = triton.next_power_of_2(topk)
-    chunks = chunks if chunks is not None else default_chunks
-    if chunks < 1 or chunks & (chunks - 1) or block_e // chunks < block_k:
-        raise ValueError(
-            f"chunks must be a power of two with BLOCK_E // chunks >= BLOCK_K, got chunks={chunks} "
-            f"for E={num_experts}, topk={topk}"
-        )
-    key_mode = _key_mode(gating_output.dtype)
     grid = (triton.cdiv(num_tokens, block_t),)
-    _gemma4_routing_tiled_kernel[grid](
+    _gemma4_routing_rounds_kernel[grid](
         gating_output,
         per_expert_scale,
         weights,
@@ -708,24 +696,39 @@ def _rounds_launch(gating_output, per_expert_scale, topk, block_t, num_warps, ch
         gating_output.stride(0),
         BLOCK_T=block_t,
         BLOCK_E=block_e,
-        BLOCK_K=block_k,
+        BLOCK_K=triton.next_power_of_2(topk),
         CHUNKS=chunks,
-        KEY_MODE=key_mode,
+        KEY_MODE=_key_mode(gating_output.dtype),
         EVEN_E=num_experts == block_e,
         num_warps=num_warps,
     )
 
 
-def gemma4_routing_tiled(
+def _route(gating_output, per_expert_scale, topk, method, launch):
+    """Allocates the outputs and runs ``method`` with the resolved ``launch`` arguments."""
+    num_tokens = gating_output.shape[0]
+    topk_weights = torch.empty(
+        (num_tokens, topk), dtype=torch.float32, device=gating_output.device
+    )
+    topk_ids = torch.empty((num_tokens, topk), dtype=torch.int32, device=gating_output.device)
+    if num_tokens == 0:
+        return topk_weights, topk_ids
+    if gating_output.stride(1) != 1:
+        gating_output = gating_output.contiguous()
+    per_expert_scale = per_expert_scale.contiguous()
+    if method == "network":
+        _network_launch(gating_output, per_expert_scale, topk, launch["groups"], topk_weights,
+                        topk_ids)
+    else:
+        _rounds_launch(gating_output, per_expert_scale, topk, launch["block_t"],
+                       launch["num_warps"], launch["chunks"], topk_weights, topk_ids)
+    return topk_weights, topk_ids
+
+
+def gemma4_routing_network(
     gating_output: torch.Tensor,
     per_expert_scale: torch.Tensor,
     topk: int,
-    *,
-    method: str | None = None,
-    groups: int | None = None,
-    block_t: int | None = None,
-    num_warps: int | None = None,
-    chunks: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gemma-4 router: top-k experts, softmax over their logits, times per_expert_scale[id].
 
@@ -733,20 +736,29 @@ def gemma4_routing_tiled(
         gating_output: [T, E] router logits, fp16 / bf16 / fp32, E <= 1024.
         per_expert_scale: [E] per-expert scale, any floating dtype, same device.
         topk: experts kept per token, 1 <= topk <= E.
-        method: "network" (topk <= 8) or "rounds"; by default the network kernel when topk <= 8.
-        groups: network kernel only: groups of 8 keys per lane (1, 2, 4 or 8); by default
-            ``choose_network_groups``.
-        block_t, num_warps, chunks: rounds kernel only: tokens per program, warps per program,
-            pieces per row (powers of two); by default ``choose_launch_shape``.
 
     Returns:
         (topk_weights [T, topk] float32, topk_ids [T, topk] int32).
+
+    Runs the network kernel for topk <= 8 and the rounds kernel beyond, with the launch shape
+    ``default_launch`` picks for T.
     """
     _check_inputs(gating_output, per_expert_scale, topk)
     num_tokens, num_experts = gating_output.shape
+    method, launch = default_launch(num_tokens, num_experts, topk, gating_output.dtype)
+    return _route(gating_output, per_expert_scale, topk, method, launch)
+
+
+def _power_of_two(value) -> bool:
+    return value >= 1 and value & (value - 1) == 0
+
+
+def _forced_launch(num_tokens, num_experts, topk, logits_dtype, method, groups, block_t,
+                   num_warps, chunks) -> tuple[str, dict]:
+    """The (method, launch arguments) that gemma4_routing_forced_launch runs; what is not
+    forced comes from default_launch / choose_launch_shape."""
     rounds_args = (block_t, num_warps, chunks)
-    default_method, default_args = default_launch(num_tokens, num_experts, topk,
-                                                  gating_output.dtype)
+    default_method, default_args = default_launch(num_tokens, num_experts, topk, logits_dtype)
     if method is None:
         method = "rounds" if any(a is not None for a in rounds_args) else default_method
     if method not in ("network", "rounds"):
@@ -766,21 +778,53 @@ def gemma4_routing_tiled(
                 f"groups must be 1, 2, 4 or 8 with 8 <= BLOCK_E / groups <= 256, got groups={groups} "
                 f"for E={num_experts} (BLOCK_E={_network_block_e(num_experts)})"
             )
-    elif groups is not None:
+        return "network", {"groups": groups}
+    if groups is not None:
         raise ValueError("groups applies to method='network' only")
-
-    topk_weights = torch.empty(
-        (num_tokens, topk), dtype=torch.float32, device=gating_output.device
+    default_block_t, default_warps, default_chunks = choose_launch_shape(
+        num_tokens, num_experts, topk
     )
-    topk_ids = torch.empty((num_tokens, topk), dtype=torch.int32, device=gating_output.device)
-    if num_tokens == 0:
-        return topk_weights, topk_ids
-    if gating_output.stride(1) != 1:
-        gating_output = gating_output.contiguous()
-    per_expert_scale = per_expert_scale.contiguous()
-    if method == "network":
-        _network_launch(gating_output, per_expert_scale, topk, groups, topk_weights, topk_ids)
-    else:
-        _rounds_launch(gating_output, per_expert_scale, topk, block_t, num_warps, chunks,
-                       topk_weights, topk_ids)
-    return topk_weights, topk_ids
+    block_t = default_block_t if block_t is None else block_t
+    num_warps = default_warps if num_warps is None else num_warps
+    chunks = default_chunks if chunks is None else chunks
+    if not _power_of_two(block_t):
+        raise ValueError(f"block_t must be a power of two, got {block_t}")
+    if not _power_of_two(num_warps):
+        raise ValueError(f"num_warps must be a power of two, got {num_warps}")
+    block_e = triton.next_power_of_2(num_experts)
+    block_k = triton.next_power_of_2(topk)
+    if not _power_of_two(chunks) or block_e // chunks < block_k:
+        raise ValueError(
+            f"chunks must be a power of two with BLOCK_E // chunks >= BLOCK_K, got chunks={chunks} "
+            f"for E={num_experts}, topk={topk}"
+        )
+    return "rounds", {"block_t": block_t, "num_warps": num_warps, "chunks": chunks}
+
+
+def gemma4_routing_forced_launch(
+    gating_output: torch.Tensor,
+    per_expert_scale: torch.Tensor,
+    topk: int,
+    *,
+    method: str | None = None,
+    groups: int | None = None,
+    block_t: int | None = None,
+    num_warps: int | None = None,
+    chunks: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``gemma4_routing_network`` with a chosen kernel and launch shape, for tests and benchmarks
+    (the served path never forces one).
+
+    Args (besides the router's three):
+        method: "network" (topk <= 8) or "rounds"; by default "rounds" when a rounds argument is
+            given, else what default_launch picks.
+        groups: network kernel only: groups of 8 keys per lane (1, 2, 4 or 8); by default
+            ``choose_network_groups``.
+        block_t, num_warps, chunks: rounds kernel only: tokens per program, warps per program,
+            pieces per row (powers of two); by default ``choose_launch_shape``.
+    """
+    _check_inputs(gating_output, per_expert_scale, topk)
+    num_tokens, num_experts = gating_output.shape
+    method, launch = _forced_launch(num_tokens, num_experts, topk, gating_output.dtype, method,
+                                    groups, block_t, num_warps, chunks)
+    return _route(gating_output, per_expert_scale, topk, method, launch)

@@ -14,29 +14,35 @@ array (triton), must lie in ``[0, cache_size)``. Entries past a request's
 length are not read by the kernel and may hold garbage (dense tables are
 allocated with ``torch.empty``); they are ignored.
 
-How it stays sync-free: the check is device work only. On CUDA one Triton
-launch per table scans only the live entries of each row (not the whole static
-table width) and returns, per row, the first out-of-range entry, its value and
-a count; a few small torch ops over those per-row results then (1) record the
-first offending entry (row, entry, value, seq_len) and a window of up to
-``DUMP_ROWS`` offending rows in a sticky per-kind device record, (2) redirect
-the offending entries to page 0 (the pools' reserved padding page) with a
-second launch, so the kernel that follows cannot fault, and (3) copy the small
-record to pinned host memory without waiting. The host reads that pinned copy (a plain
-memory read, no synchronisation) at every later probe call and at every
-``poll()``; the backends call ``poll()`` when they build the metadata of the
-next forward, eager or CUDA-graph replay. When it sees a tripped record it
-synchronises once (only on this failure path), reads the dump, and raises
-:class:`PageTableBoundsError` naming the backend, the layer kind, the layer,
-the request row and the bad index.
+How it stays sync-free (CUDA): a check is two Triton launches and one copy
+(sglang.kernels.ops.attention.page_table_bounds). The first launch, one program
+per row, scans only the row's live entries, finds the first out-of-range one,
+keeps a window of the offending row and redirects its bad entries to page 0
+(the pools' reserved padding page), so the kernel that follows cannot fault.
+The second, a single program, writes the first violation and up to
+``DUMP_ROWS`` offending rows into a sticky per-kind device record, unless that
+record has already tripped. The record is then copied to pinned host memory
+without waiting. The host reads that pinned copy (a plain memory read, no
+synchronisation) at every later probe call and at every ``poll()``; the
+backends poll when they build the metadata of the next forward, eager or
+CUDA-graph replay. When it sees a tripped record it synchronises once (only on
+this failure path), reads the dump, and raises :class:`PageTableBoundsError`
+naming the backend, the layer kind, the layer, the request row and the bad
+index. Without the Triton path (a CPU device, or ``use_triton=False``) the
+same check runs as torch ops, which read the longest row length on the host;
+on CPU the record is host memory, so the check itself raises.
 
 Trade-off: the exception arrives after the GPU has run the violating step
 (one step later with a synchronous scheduler, two with the overlap scheduler),
 not inside it; the attention output of the offending rows in that step was
 computed from page 0 and is wrong. The engine then stops on the exception.
 Raising inside the violating step would need a device-to-host synchronisation
-on every forward. When the switch is off no probe object exists and the
-backends pay one ``is not None`` test per layer.
+on every forward.
+
+The backends hold ``_page_table_probe`` (None when the switch is off: no probe
+object, nothing launched) and call it through the three hooks at the end of
+this module, one call per site; off, a hook costs a call and one ``is None``
+test.
 """
 
 from __future__ import annotations
@@ -48,6 +54,11 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from sglang.srt.environ import envs
+
+try:
+    from sglang.kernels.ops.attention.page_table_bounds import check_page_table_bounds
+except ImportError:  # pragma: no cover - no Triton: the torch path only
+    check_page_table_bounds = None
 
 # Offending rows copied into the dump (the first ones, by row index), and the
 # entries kept per row: a window that starts a quarter before its first bad one.
@@ -129,10 +140,10 @@ class PageTableProbe:
         self.device = torch.device(device)
         self.max_row_entries = int(max_row_entries)
         self.dump_width = min(DUMP_WINDOW, self.max_row_entries)
-        # Two fused Triton launches per check on CUDA; the torch path elsewhere.
+        # Two Triton launches per check on CUDA (page_table_bounds); torch ops elsewhere.
         if use_triton is None:
             use_triton = self.device.type == "cuda"
-        self.use_triton = bool(use_triton) and _triton_kernels is not None
+        self.use_triton = bool(use_triton) and check_page_table_bounds is not None
         self._lock = threading.Lock()
         self._raised = False
         pin = self.device.type == "cuda"
@@ -281,39 +292,20 @@ class PageTableProbe:
         """CUDA path: one launch scans, dumps and neutralises every row; one
         single-program launch updates the sticky record; one async copy."""
         site = self._sites[kind]
-        scan, commit = _triton_kernels
-        dump_wp = _next_pow2(self.dump_width)
-        stats = torch.empty((rows, _STATS), dtype=torch.int64, device=values.device)
-        dump = torch.empty((rows, dump_wp), dtype=torch.int64, device=values.device)
-        scan[(rows,)](
+        check_page_table_bounds(
             values,
             lens_src,
-            stats,
-            dump,
-            int(cache_size),
-            int(page_size),
-            int(width),
-            int(stride_row),
-            RAGGED=ragged,
-            DUMP_W=self.dump_width,
-            DUMP_WP=dump_wp,
-            BLOCK=1024,
-            num_warps=4,
-        )
-        commit[(1,)](
-            stats,
-            dump,
-            rows,
-            site.record,
-            site.dump_rows,
-            site.dump_seq,
-            site.dump_lo,
-            site.dump_entries,
-            DUMP_W=self.dump_width,
-            DUMP_WP=dump_wp,
-            K=DUMP_ROWS,
-            BLOCK_R=64,
-            num_warps=4,
+            ragged=ragged,
+            rows=rows,
+            cache_size=cache_size,
+            page_size=page_size,
+            width=width,
+            stride_row=stride_row,
+            record=site.record,
+            dump_rows=site.dump_rows,
+            dump_seq=site.dump_seq,
+            dump_lo=site.dump_lo,
+            dump_entries=site.dump_entries,
         )
         site.host.copy_(site.record, non_blocking=site.host.is_pinned())
         self.poll()
@@ -377,7 +369,12 @@ class PageTableProbe:
         pool: Any,
     ) -> None:
         """check_paged for ``layer``: kind from its window, cache size (pages)
-        from the KV buffer ``pool`` hands out for it."""
+        from the KV buffer ``pool`` hands out for it. A None table (one the
+        probe does not read, e.g. fa's local-attention tables) is skipped and
+        does not take the layer-of-its-kind slot."""
+        if page_table is None:
+            self.poll()
+            return
         kind = layer_kind(layer)
         if not self._should_check(kind, layer.layer_id):
             self.poll()
@@ -393,7 +390,11 @@ class PageTableProbe:
         page_size: int,
         pool: Any,
     ) -> None:
-        """check_ragged for ``layer``; the indices are token slots."""
+        """check_ragged for ``layer``; the indices are token slots. A None
+        table is skipped as in check_layer_paged."""
+        if indices is None:
+            self.poll()
+            return
         kind = layer_kind(layer)
         if not self._should_check(kind, layer.layer_id):
             self.poll()
@@ -513,13 +514,16 @@ class PageTableProbe:
         raise PageTableBoundsError(format_message(dump), dump)
 
 
-def _scan_rows_torch(flat, starts, lens, cache_size, sanitize):
-    """CPU path of _scan_rows: gathers a [rows, longest row] window."""
+def _scan_rows(flat, starts, lens, cache_size, sanitize):
+    """Per row: (index of the first out-of-range entry among the first lens[i]
+    entries at starts[i], number of such entries, its value); with sanitize,
+    set those entries to 0 instead. Torch ops over a [rows, longest row]
+    window (the longest row length is read on the host)."""
     rows = starts.numel()
     width = int(lens.max().item()) if rows else 0
     if width == 0:
         zeros = torch.zeros(rows, dtype=torch.int64, device=flat.device)
-        return zeros, zeros.clone(), zeros.clone()
+        return None if sanitize else (zeros, zeros.clone(), zeros.clone())
     offs = torch.arange(width, device=flat.device).unsqueeze(0)
     live = offs < lens.unsqueeze(1)
     at = (starts.unsqueeze(1) + offs).clamp(0, flat.numel() - 1)
@@ -533,196 +537,6 @@ def _scan_rows_torch(flat, starts, lens, cache_size, sanitize):
     first_val = vals.gather(1, first_col.clamp(max=width - 1).unsqueeze(1))[:, 0]
     first_val = torch.where(count > 0, first_val.to(torch.int64), 0)
     return first_col, count, first_val
-
-
-def _scan_rows(flat, starts, lens, cache_size, sanitize, use_triton=None):
-    """Per row: (index of the first out-of-range entry among the first lens[i]
-    entries at starts[i], number of such entries, its value); with sanitize,
-    set those entries to 0 instead. On CUDA one Triton launch that reads only
-    the live entries, with no host synchronisation; elsewhere a torch path
-    (which reads the longest row length on the host)."""
-    if use_triton is None:
-        use_triton = flat.is_cuda
-    if use_triton and _triton_scan is not None:
-        rows = starts.numel()
-        if rows == 0:
-            return None if sanitize else (lens, lens, lens)
-        out = torch.empty((3, rows), dtype=torch.int64, device=flat.device)
-        _triton_scan[(rows,)](
-            flat,
-            starts,
-            lens,
-            out,
-            rows,
-            cache_size,
-            SANITIZE=sanitize,
-            BLOCK=1024,
-            num_warps=4,
-        )
-        return None if sanitize else (out[0], out[1], out[2])
-    return _scan_rows_torch(flat, starts, lens, cache_size, sanitize)
-
-
-_STATS = 5  # per row: first bad entry, bad count, first bad value, seq_len, dump start
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
-
-
-def _make_triton_kernels():
-    try:
-        import triton
-        import triton.language as tl
-    except ImportError:  # pragma: no cover - triton ships with torch on CUDA
-        return None
-
-    @triton.jit
-    def _scan_rows_kernel(
-        flat_ptr, start_ptr, lens_ptr, out_ptr, rows, cache_size, SANITIZE: tl.constexpr,
-        BLOCK: tl.constexpr,
-    ):
-        # Row-wise scan of (start, len) rows; used by _scan_rows (tests, checks).
-        row = tl.program_id(0)
-        start = tl.load(start_ptr + row).to(tl.int64)
-        n = tl.load(lens_ptr + row).to(tl.int64)
-        first = n
-        count = tl.zeros((), dtype=tl.int64)
-        first_val = tl.zeros((), dtype=tl.int64)
-        for off in range(0, n, BLOCK):
-            cols = off + tl.arange(0, BLOCK).to(tl.int64)
-            live = cols < n
-            v = tl.load(flat_ptr + start + cols, mask=live, other=0)
-            bad = live & ((v < 0) | (v >= cache_size))
-            if SANITIZE:
-                tl.store(flat_ptr + start + cols, tl.zeros_like(v), mask=bad)
-            else:
-                col = tl.min(tl.where(bad, cols, n), axis=0)
-                val = tl.sum(tl.where(bad & (cols == col), v.to(tl.int64), 0), axis=0)
-                first_val = tl.where(col < first, val, first_val)
-                first = tl.minimum(first, col)
-                count += tl.sum(bad.to(tl.int64), axis=0)
-        if not SANITIZE:
-            tl.store(out_ptr + row, first)
-            tl.store(out_ptr + rows + row, count)
-            tl.store(out_ptr + 2 * rows + row, first_val)
-
-    @triton.jit
-    def _probe_scan_kernel(
-        flat_ptr,
-        lens_src_ptr,
-        stats_ptr,
-        dump_ptr,
-        cache_size,
-        page_size,
-        width,
-        stride_row,
-        RAGGED: tl.constexpr,
-        DUMP_W: tl.constexpr,
-        DUMP_WP: tl.constexpr,
-        BLOCK: tl.constexpr,
-    ):
-        """One program per row: find the first out-of-range live entry and the
-        count, save a window of the row, then set the bad entries to 0."""
-        row = tl.program_id(0).to(tl.int64)
-        if RAGGED:
-            start = tl.load(lens_src_ptr + row).to(tl.int64)
-            n = tl.maximum(tl.load(lens_src_ptr + row + 1).to(tl.int64) - start, 0)
-            seq = n
-        else:
-            seq = tl.load(lens_src_ptr + row).to(tl.int64)
-            start = row * stride_row
-            n = tl.minimum(tl.maximum((seq + page_size - 1) // page_size, 0), width)
-        first = n
-        count = tl.zeros((), dtype=tl.int64)
-        first_val = tl.zeros((), dtype=tl.int64)
-        for off in range(0, n, BLOCK):
-            cols = off + tl.arange(0, BLOCK).to(tl.int64)
-            live = cols < n
-            v = tl.load(flat_ptr + start + cols, mask=live, other=0)
-            bad = live & ((v < 0) | (v >= cache_size))
-            col = tl.min(tl.where(bad, cols, n), axis=0)
-            val = tl.sum(tl.where(bad & (cols == col), v.to(tl.int64), 0), axis=0)
-            first_val = tl.where(col < first, val, first_val)
-            first = tl.minimum(first, col)
-            count += tl.sum(bad.to(tl.int64), axis=0)
-        lo = tl.maximum(first - DUMP_W // 4, 0)
-        tl.store(stats_ptr + row * 5 + 0, first)
-        tl.store(stats_ptr + row * 5 + 1, count)
-        tl.store(stats_ptr + row * 5 + 2, first_val)
-        tl.store(stats_ptr + row * 5 + 3, seq)
-        tl.store(stats_ptr + row * 5 + 4, lo)
-        if count > 0:
-            e = tl.arange(0, DUMP_WP).to(tl.int64)
-            w = lo + e
-            wl = (w < n) & (e < DUMP_W)
-            window = tl.load(flat_ptr + start + w, mask=wl, other=0).to(tl.int64)
-            tl.store(dump_ptr + row * DUMP_WP + e, tl.where(wl, window, -1))
-            for off in range(0, n, BLOCK):
-                cols = off + tl.arange(0, BLOCK).to(tl.int64)
-                live = cols < n
-                v = tl.load(flat_ptr + start + cols, mask=live, other=0)
-                bad = live & ((v < 0) | (v >= cache_size))
-                tl.store(flat_ptr + start + cols, tl.zeros_like(v), mask=bad)
-
-    @triton.jit
-    def _probe_commit_kernel(
-        stats_ptr,
-        dump_ptr,
-        rows,
-        record_ptr,
-        dump_rows_ptr,
-        dump_seq_ptr,
-        dump_lo_ptr,
-        dump_entries_ptr,
-        DUMP_W: tl.constexpr,
-        DUMP_WP: tl.constexpr,
-        K: tl.constexpr,
-        BLOCK_R: tl.constexpr,
-    ):
-        """Single program: if the sticky record is clear and some row is bad,
-        keep the first K bad rows' windows and write the record."""
-        tripped = tl.load(record_ptr)
-        if tripped == 0:
-            found = tl.zeros((), dtype=tl.int64)
-            first_row = tl.zeros((), dtype=tl.int64) + rows
-            e = tl.arange(0, DUMP_WP).to(tl.int64)
-            for off in range(0, rows, BLOCK_R):
-                r = off + tl.arange(0, BLOCK_R).to(tl.int64)
-                m = r < rows
-                cnt = tl.load(stats_ptr + r * 5 + 1, mask=m, other=0)
-                bad = m & (cnt > 0)
-                bi = bad.to(tl.int64)
-                pos = found + tl.cumsum(bi, 0) - 1
-                sel = bad & (pos < K)
-                tl.store(dump_rows_ptr + pos, r, mask=sel)
-                tl.store(
-                    dump_seq_ptr + pos, tl.load(stats_ptr + r * 5 + 3, mask=sel, other=0),
-                    mask=sel,
-                )
-                tl.store(
-                    dump_lo_ptr + pos, tl.load(stats_ptr + r * 5 + 4, mask=sel, other=0),
-                    mask=sel,
-                )
-                m2 = sel[:, None] & (e[None, :] < DUMP_W)
-                src = tl.load(dump_ptr + r[:, None] * DUMP_WP + e[None, :], mask=m2, other=-1)
-                tl.store(dump_entries_ptr + pos[:, None] * DUMP_W + e[None, :], src, mask=m2)
-                found += tl.sum(bi, axis=0)
-                first_row = tl.minimum(first_row, tl.min(tl.where(bad, r, rows), axis=0))
-            if found > 0:
-                tl.store(record_ptr + 1, first_row)
-                tl.store(record_ptr + 2, tl.load(stats_ptr + first_row * 5 + 0))
-                tl.store(record_ptr + 3, tl.load(stats_ptr + first_row * 5 + 2))
-                tl.store(record_ptr + 4, tl.load(stats_ptr + first_row * 5 + 3))
-                tl.store(record_ptr + 5, found)
-                tl.store(record_ptr, found * 0 + 1)
-
-    return _scan_rows_kernel, _probe_scan_kernel, _probe_commit_kernel
-
-
-_kernels = _make_triton_kernels()
-_triton_scan = _kernels[0] if _kernels is not None else None
-_triton_kernels = _kernels[1:] if _kernels is not None else None
 
 
 def cache_entries(buffer: torch.Tensor, page_size: int, unit: str) -> int:
@@ -755,3 +569,40 @@ def format_message(dump: Dict[str, Any]) -> str:
             f"entries[{lo}:{lo + len(r['entries'])}]: {r['entries']}"
         )
     return "\n".join(lines)
+
+
+# -- backend hooks ------------------------------------------------------------------
+# One call per site in trtllm_mha, triton and fa3/fa4; ``probe`` is the backend's
+# ``_page_table_probe`` (None when the switch is off).
+
+
+def poll_page_table_probe(probe: Optional[PageTableProbe]) -> None:
+    """At metadata build: raise a violation an earlier forward recorded."""
+    if probe is not None:
+        probe.poll()
+
+
+def probe_paged_table(
+    probe: Optional[PageTableProbe],
+    layer: Any,
+    page_table: Optional[torch.Tensor],
+    seq_lens: torch.Tensor,
+    page_size: int,
+    pool: Any,
+) -> None:
+    """Before a kernel that reads a dense page table (trtllm_mha, fa3/fa4)."""
+    if probe is not None:
+        probe.check_layer_paged(layer, page_table, seq_lens, page_size, pool)
+
+
+def probe_ragged_table(
+    probe: Optional[PageTableProbe],
+    layer: Any,
+    indices: Optional[torch.Tensor],
+    indptr: torch.Tensor,
+    page_size: int,
+    pool: Any,
+) -> None:
+    """Before a kernel that reads ragged token-slot indices (triton)."""
+    if probe is not None:
+        probe.check_layer_ragged(layer, indices, indptr, page_size, pool)
