@@ -196,6 +196,8 @@ def _no_requests(base, kv_budget_gib, binding, **pool):
         "full_cell_bytes": 0,
         "swa_cell_bytes": 0,
         "full_bound": 0,
+        "ratio": 0.0,
+        "policy_log": [],
     }
     row.update(pool)
     return row
