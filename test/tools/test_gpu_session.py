@@ -1,0 +1,83 @@
+"""benchmark/gemma4/gpu_session.py: a detached plan of steps with limits, dependencies and packing."""
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOOL = os.path.join(REPO, "benchmark", "gemma4", "gpu_session.py")
+
+
+def _run(*args, check=True):
+    return subprocess.run([sys.executable, TOOL, *args], capture_output=True, text=True, check=check, timeout=120)
+
+
+def _plan(tmp_path, steps):
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"env": {"GREETING": "hi"}, "steps": steps}))
+    return str(path)
+
+
+def test_plan_runs_steps_in_order_with_limits_and_dependencies(tmp_path):
+    out = tmp_path / "res"
+    plan = _plan(tmp_path, [
+        {"name": "bg", "cmd": "sleep 1; echo $GREETING > {out}/bg.txt", "background": True},
+        {"name": "fails", "cmd": "exit 3"},
+        {"name": "slow", "cmd": "sleep 30", "timeout": 1},
+        {"name": "needs_fail", "cmd": "echo never > {out}/x", "after": ["fails"]},
+        {"name": "needs_bg", "cmd": "cat $(dirname {out})/bg/bg.txt > {out}/seen.txt", "after": ["bg"]},
+    ])
+    _run("run", "--plan", plan, "--out", str(out))
+    status = json.loads((out / "status.json").read_text())
+    steps = status["steps"]
+    assert status["done"] is True
+    assert steps["bg"]["state"] == "ok" and steps["fails"]["rc"] == 3 and steps["fails"]["state"] == "failed"
+    assert steps["slow"]["state"] == "timeout" and steps["slow"]["seconds"] < 25
+    assert steps["needs_fail"] == {"state": "skipped", "because": ["fails"]}
+    assert not (out / "needs_fail" / "x").exists()
+    # The dependent step waited for the background one and saw its output and the plan's env.
+    assert (out / "needs_bg" / "seen.txt").read_text().strip() == "hi"
+    assert (out / "fails.log").read_text().startswith("$ exit 3")
+
+
+def test_start_detaches_and_wait_reports(tmp_path):
+    out = tmp_path / "res"
+    plan = _plan(tmp_path, [{"name": "a", "cmd": "sleep 2; echo done > {out}/a.txt"}])
+    t0 = time.time()
+    _run("start", "--plan", plan, "--out", str(out))
+    assert time.time() - t0 < 10  # returned before the step finished
+    res = _run("wait", "--out", str(out), "--seconds", "60")
+    assert "a: ok" in res.stdout and "done=True" in res.stdout
+    assert (out / "a" / "a.txt").read_text().strip() == "done"
+
+
+def test_pack_cuts_large_results_into_parts(tmp_path):
+    out = tmp_path / "res"
+    (out / "big").mkdir(parents=True)
+    (out / "big" / "noise.bin").write_bytes(os.urandom(20 * (1 << 20)))
+    (out / "small.txt").write_text("x")
+    dest = tmp_path / "dest"
+    listed = _run("pack", "--out", str(out), "--dest", str(dest)).stdout.split()
+    assert len(listed) == 2 and all(os.path.getsize(p) <= 15 * (1 << 20) for p in listed)
+    joined = tmp_path / "joined.tar.gz"
+    joined.write_bytes(b"".join(open(p, "rb").read() for p in listed))
+    with tarfile.open(joined) as tar:
+        names = tar.getnames()
+    assert "res/small.txt" in names and "res/big/noise.bin" in names
+
+
+@pytest.mark.parametrize("steps, message", [
+    ([], "no 'steps'"),
+    ([{"name": "a"}], "needs a 'name' and a 'cmd'"),
+    ([{"name": "a", "cmd": "true"}, {"name": "a", "cmd": "true"}], "two steps are named"),
+    ([{"name": "a", "cmd": "true", "after": ["b"]}], "not an earlier step"),
+    ([{"name": "a/b", "cmd": "true"}], "letters, digits"),
+])
+def test_bad_plans_are_refused_with_a_clear_message(tmp_path, steps, message):
+    res = _run("start", "--plan", _plan(tmp_path, steps), "--out", str(tmp_path / "res"), check=False)
+    assert res.returncode == 2 and message in res.stderr
