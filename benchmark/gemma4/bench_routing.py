@@ -21,14 +21,14 @@ launches, same cold/hot mode), which includes the fixed cost of a launch inside 
 
 Usage (GPU machine, repo root; torch and triton are all the kernels need):
     python benchmark/gemma4/bench_routing.py --out DIR [--dtypes bfloat16,float32] [--sweep]
-        [--quick] [--commit SHA] [--upstream-file PATH] [--gpu-tests TEST_FILE ...]
+        [--commit SHA] [--upstream-file PATH] [--gpu-tests TEST_FILE ...]
 
-Writes DIR/routing_<gpu>.json and .md (bf16; other dtypes get a _fp32 / _fp16 suffix), each naming
-device, date and commit. With --gpu-tests it then runs the GPU-marked tests of those files under this
-interpreter (so against the engine it has installed) and writes DIR/gpu_tests_<gpu>.txt, stamped
-the same way. sglang 0.5.23's gemma4_routing.py comes from --upstream-file, else $GEMMA4_UPSTREAM_ROUTING,
-else build/upstream_gemma4_routing.py (``make bench-tree``), else the verified upstream wheel in
-build/upstream/ (``make engine``).
+Writes DIR/routing_<gpu>.json and .md (bf16; other dtypes get a _fp32 / _fp16 suffix), each
+naming device, date and commit. With --gpu-tests it then runs the GPU-marked tests of those files
+under this interpreter (so against the engine it has installed) and writes DIR/gpu_tests_<gpu>.txt,
+stamped the same way. sglang 0.5.23's gemma4_routing.py comes from --upstream-file, else
+$GEMMA4_UPSTREAM_ROUTING, else build/upstream_gemma4_routing.py (``make bench-tree``), else the
+upstream wheel that ``make engine`` fetched and checked into build/upstream/.
 """
 
 from __future__ import annotations
@@ -60,9 +60,6 @@ UPSTREAM_MEMBER = "sglang/kernels/ops/moe/gemma4_routing.py"  # inside the 0.5.2
 UPSTREAM_ENV = "GEMMA4_UPSTREAM_ROUTING"
 TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 12289, 16384)
 SWEEP_TOKENS = (1, 64, 256, 512, 1024, 2048, 4096, 8192, 16384)
-# --quick: the token counts the README and the patch header quote, and the sweep's turning points.
-QUICK_TOKENS = (1, 8, 64, 256, 1024, 2048, 4096, 8192, 16384)
-QUICK_SWEEP_TOKENS = (1, 64, 1024, 2048, 4096, 16384)
 # Network kernel: groups of 8 keys per lane. Rounds kernel: (block_t, num_warps, chunks).
 SWEEP_GROUPS = (1, 2, 4, 8)
 SWEEP_SHAPES = ((1, 1, 1), (4, 1, 2), (8, 1, 4), (16, 2, 4))
@@ -86,12 +83,14 @@ def _load_file_module(name: str, path: Path):
 
 def upstream_routing_source(path: Path | None = None) -> tuple[str, str]:
     """(text, where it came from) of sglang 0.5.23's kernels/ops/moe/gemma4_routing.py: ``path``,
-    else $GEMMA4_UPSTREAM_ROUTING, else build/upstream_gemma4_routing.py, else the upstream wheel."""
+    else $GEMMA4_UPSTREAM_ROUTING, else build/upstream_gemma4_routing.py, else the upstream
+    wheel."""
     named = path if path is not None else os.environ.get(UPSTREAM_ENV) or None
     if named is not None:
         if not Path(named).is_file():
             raise FileNotFoundError(f"sglang 0.5.23's gemma4_routing.py: no file at {named}")
-        return Path(named).read_text(), str(named)
+        source = "--upstream-file" if path is not None else f"${UPSTREAM_ENV}"
+        return Path(named).read_text(), source
     extracted = REPO / "build/upstream_gemma4_routing.py"
     if extracted.is_file():
         return extracted.read_text(), str(extracted.relative_to(REPO))
@@ -108,14 +107,15 @@ def upstream_routing_source(path: Path | None = None) -> tuple[str, str]:
 
 def load_upstream_routing(path: Path | None = None):
     """sglang 0.5.23's gemma4_routing module, loaded from a private copy of its file; refuses a
-    patched file. ``.source`` says where it came from."""
+    patched file. ``.source`` says where it came from, ``.sha256`` what it is."""
     text, source = upstream_routing_source(path)
     if "_gemma4_routing_kernel" not in text or "gemma4_routing_network" in text:
-        raise ValueError(f"{source} is not sglang 0.5.23's gemma4_routing.py (patched or other)")
+        raise ValueError(f"{source}: not sglang 0.5.23's gemma4_routing.py (patched or other)")
     copy = Path(tempfile.mkdtemp(prefix="upstream_routing_")) / "upstream_gemma4_routing.py"
     copy.write_text(text)
     module = _load_file_module("upstream_gemma4_routing", copy)
     module.source = source
+    module.sha256 = hashlib.sha256(text.encode()).hexdigest()
     return module
 
 
@@ -124,10 +124,11 @@ def _sha256(path: Path) -> str:
 
 
 def installed_engine(kernel_file: Path) -> dict:
-    """The installed sglang (found, not imported) and whether its router kernel file is this one."""
+    """The sglang this interpreter imports (found, not imported): its version (None for a
+    package without metadata) and whether its router kernel file is the one measured here."""
     spec = importlib.util.find_spec("sglang")
     if spec is None or not spec.submodule_search_locations:
-        return {"sglang": None}
+        return {"sglang": None, "router_kernel_file_matches_this_checkout": None}
     root = Path(list(spec.submodule_search_locations)[0])
     try:
         version = importlib.metadata.version("sglang")
@@ -136,7 +137,6 @@ def installed_engine(kernel_file: Path) -> dict:
     installed = root / KERNEL_FILE.relative_to("python/sglang")
     return {
         "sglang": version,
-        "location": str(root),
         "router_kernel_file_matches_this_checkout": (
             installed.is_file() and _sha256(installed) == _sha256(kernel_file)
         ),
@@ -153,13 +153,15 @@ def _git(*args) -> str | None:
 
 def resolve_commit(given: str | None) -> str:
     """The commit this run measures: --commit, else the checkout's HEAD (+dirty when the kernel
-    file or this script differ from it). Without either the run is refused: results name a commit."""
+    file or this script differ from it). Without either the run is refused: results name a
+    commit."""
     head = _git("rev-parse", "--short", "HEAD")
     if given:
         return given
     if head is None:
         raise SystemExit("cannot tell the commit (no git checkout here): pass --commit SHA")
-    dirty = _git("status", "--porcelain", "--", str(KERNEL_FILE), "benchmark/gemma4/bench_routing.py")
+    dirty = _git("status", "--porcelain", "--", str(KERNEL_FILE),
+                 "benchmark/gemma4/bench_routing.py")
     return head + ("+dirty" if dirty else "")
 
 
@@ -302,7 +304,7 @@ def bench_dtype(upstream, network, dtype_name: str, args, peak: float) -> dict:
     }
     rows = []
     for mode in ("cold", "hot"):
-        for T in (QUICK_TOKENS if args.quick else TOKENS):
+        for T in TOKENS:
             read, write = T * E * elem, T * K * 8
             moved = read + write + E * 4
             logits = _buffers(read, mode == "cold", args.launches,
@@ -333,7 +335,7 @@ def bench_dtype(upstream, network, dtype_name: str, args, peak: float) -> dict:
 
     sweep = []
     if args.sweep:
-        for T in (QUICK_SWEEP_TOKENS if args.quick else SWEEP_TOKENS):
+        for T in SWEEP_TOKENS:
             logits = _buffers(T * E * elem, True, args.launches,
                               lambda: torch.randn(T, E, device="cuda").to(dtype))
             entry = {"tokens": T}
@@ -363,13 +365,13 @@ def run_gpu_tests(test_files: list, out: Path, meta: dict) -> int:
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", *test_files]
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    engine = meta["installed_engine"]
     header = [
         f"GPU tests: {' '.join(test_files)} (pytest -m gpu)",
         f"device {meta['device']}, date {meta['date']}, commit {meta['commit']}",
         f"python {meta['python']}, torch {meta['torch']}, triton {meta['triton']}",
-        f"installed engine: sglang {meta['installed_engine'].get('sglang')} at "
-        f"{meta['installed_engine'].get('location')}; its router kernel file matches this "
-        f"checkout: {meta['installed_engine'].get('router_kernel_file_matches_this_checkout')}",
+        f"installed engine: sglang {engine['sglang']}; its router kernel file matches this "
+        f"checkout: {engine['router_kernel_file_matches_this_checkout']}",
         f"exit status {proc.returncode}, {time.time() - t0:.0f} s",
         "",
     ]
@@ -395,8 +397,6 @@ def main() -> int:
     ap.add_argument("--launches", type=int, default=100, help="launches per CUDA graph")
     ap.add_argument("--trials", type=int, default=7)
     ap.add_argument("--sweep", action="store_true", help="also time every forced launch shape")
-    ap.add_argument("--quick", action="store_true",
-                    help=f"tokens {QUICK_TOKENS} (sweep {QUICK_SWEEP_TOKENS}) instead of {TOKENS}")
     ap.add_argument("--commit", default=None, help="commit to stamp (default: git HEAD here)")
     ap.add_argument("--gpu-tests", nargs="+", default=None, metavar="TEST_FILE",
                     help="then run these files' GPU-marked tests and log them")
@@ -418,12 +418,13 @@ def main() -> int:
     peak = peak_copy_gbps()
     meta = stamp(commit)
     meta.update({
-        "kernel_file": str(args.kernel_file.resolve().relative_to(REPO))
-        if args.kernel_file.resolve().is_relative_to(REPO) else str(args.kernel_file),
+        "kernel_file": (str(args.kernel_file.resolve().relative_to(REPO))
+                        if args.kernel_file.resolve().is_relative_to(REPO)
+                        else args.kernel_file.name),
         "kernel_sha256": _sha256(args.kernel_file),
-        "upstream_source": upstream.source,
+        "upstream_source": upstream.source, "upstream_sha256": upstream.sha256,
         "installed_engine": installed_engine(args.kernel_file),
-        "launches_per_graph": args.launches, "trials": args.trials, "quick": args.quick,
+        "launches_per_graph": args.launches, "trials": args.trials,
         "peak_copy_gbps": peak,
     })
     print(f"device {meta['device']}, commit {commit}, peak copy {peak:.0f} GB/s", flush=True)
@@ -452,14 +453,15 @@ def render_markdown(r: dict) -> str:
         f"Date {r['date']}, commit {r['commit']}, torch {r['torch']}, triton {r['triton']}, "
         f"python {r['python']}. E={r['experts']}, K={r['topk']}, {r['dtype']} logits. Per launch "
         f"inside a CUDA graph of {r['launches_per_graph']} launches, median of {r['trials']} "
-        f"trials{' (--quick token counts)' if r['quick'] else ''}. Peak device copy "
+        f"trials. Peak device copy "
         f"{r['peak_copy_gbps']:.0f} GB/s (1 GiB). floor bw = bytes moved / peak copy; floor copy = "
         "a copy of the same bytes timed like the kernels. cold = logits from HBM (buffers cycle "
         "through 3x L2), hot = the same logits every launch (L2).",
         "",
-        f"Kernels: `{r['kernel_file']}` (sha256 {r['kernel_sha256'][:12]}); upstream: "
-        f"`{r['upstream_source']}`. Installed engine: sglang {engine.get('sglang')}, its kernel "
-        f"file matches: {engine.get('router_kernel_file_matches_this_checkout')}.",
+        f"Kernels: `{r['kernel_file']}` (sha256 {r['kernel_sha256'][:12]}); upstream 0.5.23 "
+        f"file from {r['upstream_source']} (sha256 {r['upstream_sha256'][:12]}). The engine "
+        f"this interpreter imports: sglang {engine['sglang']}, its kernel file the same: "
+        f"{engine['router_kernel_file_matches_this_checkout']}.",
         "",
     ]
     for mode in ("cold", "hot"):

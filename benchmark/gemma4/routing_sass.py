@@ -2,9 +2,9 @@
 
 Compiles the network and rounds kernels of this checkout's router module
 (python/sglang/kernels/ops/moe/gemma4_routing_network.py, as bench_routing.py times it) with
-Triton's bundled ptxas for an H100/H200 target and prints, per launch shape, the SASS instructions of
-one warp and the ones that matter for this kernel (integer min/max, shuffles, shared-memory traffic
-and barriers, global loads and stores). routing_h200_design_notes.md quotes these counts (Triton
+Triton's bundled ptxas for an H100/H200 target and prints, per launch shape, the SASS instructions
+of one warp and the ones that matter for this kernel (integer min/max, shuffles, shared-memory
+traffic and barriers, global loads and stores). routing_h200_design_notes.md quotes these counts (Triton
 3.6); other Triton releases give somewhat different numbers.
 
     python benchmark/gemma4/routing_sass.py [--kernel-file PATH]

@@ -5,11 +5,11 @@ IEEE totalOrder of the logit widened to fp32 (so +NaN ranks first, like torch.to
 -0.0); weights = softmax(logits[ids]) * per_expert_scale[ids] as fp32; ids int32.
 
 The router's kernels live in gemma4_routing_network: the network kernel (topk <= 8) and the rounds
-kernel (topk > 8); gemma4_routing_forced_launch runs either with any launch shape. The CPU tests run
-the installed kernels under Triton's interpreter (CPU tensors) and force every launch shape of both on
-small batches; the GPU-marked tests run the same checks compiled, on large batches too, and compare
-with sglang 0.5.23's one-token-per-program kernel bit for bit on the ids (its gemma4_routing.py,
-loaded as benchmark/gemma4/bench_routing.py loads it).
+kernel (topk > 8); gemma4_routing_forced_launch runs either with any launch shape. The CPU tests
+run the installed kernels under Triton's interpreter (CPU tensors) and force every launch shape of
+both on small batches; the GPU-marked tests run the same checks compiled, on large batches too, and
+compare with sglang 0.5.23's one-token-per-program kernel bit for bit on the ids (its
+gemma4_routing.py, loaded as benchmark/gemma4/bench_routing.py loads it).
 """
 
 from __future__ import annotations
@@ -292,7 +292,8 @@ def test_ties_pick_lower_ids_first_cpu(interp):
 
 def test_launch_shape_choice():
     network = importlib.import_module(NETWORK)
-    shapes = {t: network.choose_launch_shape(t, 128, 8) for t in (1, 64, 1024, 1025, 4096, 4097, 16384)}
+    shapes = {t: network.choose_launch_shape(t, 128, 8)
+              for t in (1, 64, 1024, 1025, 4096, 4097, 16384)}
     assert shapes[1] == shapes[64] == shapes[1024] == (1, 1, 1)
     assert shapes[1025] == shapes[4096] == shapes[4097] == shapes[16384] == (8, 1, 4)
     for block_t, num_warps, chunks in shapes.values():
@@ -372,7 +373,8 @@ def test_bad_launch_overrides_raise():
     with pytest.raises(ValueError, match="groups must be 1, 2, 4 or 8"):
         network.gemma4_routing_forced_launch(x, s, 8, groups=3)
     with pytest.raises(ValueError, match="groups must be 1, 2, 4 or 8"):
-        network.gemma4_routing_forced_launch(x[:, :16], s[:16], 8, groups=4)  # 32 keys for 16 experts
+        # 32 keys for 16 experts
+        network.gemma4_routing_forced_launch(x[:, :16], s[:16], 8, groups=4)
     with pytest.raises(ValueError, match="at most 8 experts per token"):
         network.gemma4_routing_forced_launch(x, s, 9, method="network")
     with pytest.raises(ValueError, match="method must be"):
@@ -398,7 +400,7 @@ def test_empty_batch_returns_typed_empty_outputs():
 def upstream_routing():
     """sglang 0.5.23's gemma4_routing module (its one-token-per-program kernel), found and loaded
     by the router benchmark's loader: $GEMMA4_UPSTREAM_ROUTING, build/upstream_gemma4_routing.py
-    (make bench-tree) or the verified upstream wheel in build/upstream/ (make engine)."""
+    (make bench-tree) or the upstream wheel in build/upstream/ (make engine)."""
     spec = importlib.util.spec_from_file_location("gemma4_bench_routing", BENCH)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
@@ -453,7 +455,7 @@ def test_every_network_shape_gpu(groups, dtype, num_experts):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("num_tokens", (1, 7, 64, 4096, 16384))
-def test_same_ids_as_previous_kernel_gpu(upstream_routing, dtype, num_tokens):
+def test_same_ids_as_upstream_kernel_gpu(upstream_routing, dtype, num_tokens):
     """Bit for bit on the ids, 1e-6 relative on the weights, for finite rows and +NaN ties."""
     routing = importlib.import_module(ROUTING)
     gen = torch.Generator().manual_seed(num_tokens)
