@@ -25,10 +25,20 @@ Usage (repository root):
     python benchmark/gemma4/make_model_dir.py dir e2b OUT_DIR     # one loadable model directory
     python benchmark/gemma4/make_model_dir.py dir tiny OUT_DIR    # tiny variant for CPU tests
     python benchmark/gemma4/make_model_dir.py all OUT_ROOT        # every variant under OUT_ROOT/<name>
+    python benchmark/gemma4/make_model_dir.py weights 26b-a4b OUT_DIR --seed 0 --device cuda
 
-then ``python -m sglang.launch_server --model-path OUT_DIR --load-format dummy``.
+then ``python -m sglang.launch_server --model-path OUT_DIR --load-format dummy`` (``dir``), or without
+``--load-format dummy`` for a ``weights`` directory.
 Only the standard library is needed for ``configs``; ``dir``/``all`` need the
 ``tokenizers`` package (a dependency of transformers).
+
+``weights`` also writes a seeded random-weight checkpoint (``model-*.safetensors`` shards of at most 5 GB,
+``model.safetensors.index.json``) of transformers' model class for the config (Gemma4ForConditionalGeneration
+for targets, Gemma4AssistantForCausalLM for assistants, ``tiny-assistant`` pairs with ``tiny``), initialised
+by transformers' own init under ``torch.manual_seed(seed)``; see build_random_model for the three departures
+from that init and residual_norm_gain for why. On ``--device cuda`` the model is built on the GPU in the
+target dtype (no float32 copy, no host copy of the whole model) and the shards are streamed to disk by
+several threads. ``random_weights.json`` records seed, versions, timings and a one-forward logit probe.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import sys
 from typing import Any, Dict, List, Optional
@@ -308,13 +319,36 @@ def tiny_config() -> Dict[str, Any]:
     return cfg
 
 
+def tiny_assistant_config() -> Dict[str, Any]:
+    """An MTP assistant for ``tiny``: 4 KV-shared layers [sliding x3, full] with the tiny target's KV geometry
+    (head_dim 32 sliding / 64 full, one kv head, window 16), ordered (centroid) embeddings as on E2B/E4B."""
+    text = _text(
+        hidden_size=32, intermediate_size=64, num_hidden_layers_=4, period_=4,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=32, global_head_dim=64,
+        sliding_window=16, max_position_embeddings=4096, vocab_size=TINY_VOCAB,
+    )
+    text.update(
+        num_kv_shared_layers=4, final_logit_softcapping=None, vocab_size_per_layer_input=0,
+        hidden_size_per_layer_input=0,
+    )
+    cfg = assistant_config("e2b")
+    cfg.update(
+        _mm_token_ids(TINY_IDS), text_config=dict(sorted(text.items())),
+        backbone_hidden_size=tiny_config()["text_config"]["hidden_size"],
+        num_centroids=32, centroid_intermediate_top_k=4, use_ordered_embeddings=True,
+    )
+    return cfg
+
+
 VARIANTS = ["e2b", "e4b", "26b-a4b", "31b"]
 
 
 def config_for(name: str) -> Dict[str, Any]:
-    """``name`` is a variant, ``<variant>-assistant`` or ``tiny``."""
+    """``name`` is a variant, ``<variant>-assistant``, ``tiny`` or ``tiny-assistant``."""
     if name == "tiny":
         return tiny_config()
+    if name == "tiny-assistant":
+        return tiny_assistant_config()
     if name.endswith("-assistant"):
         return assistant_config(name[: -len("-assistant")])
     return target_config(name)
@@ -531,7 +565,7 @@ def write_model_dir(name: str, out_dir: str, *, force: bool = False) -> str:
         if not os.path.isfile(existing):
             raise ValueError(f"{out_dir} exists, is not empty and holds no config.json; refusing to write there")
     os.makedirs(out_dir, exist_ok=True)
-    ids = TINY_IDS if name == "tiny" else REAL_IDS
+    ids = TINY_IDS if name in ("tiny", "tiny-assistant") else REAL_IDS
     vocab_size = int(cfg["text_config"]["vocab_size"])
     files = {
         "config.json": _dump(cfg),
@@ -560,6 +594,304 @@ def write_model_dir(name: str, out_dir: str, *, force: bool = False) -> str:
     return out_dir
 
 
+# --------------------------------------------------------------------------
+# Random-weight checkpoints (``weights``): the model directory plus a sharded
+# safetensors checkpoint of transformers' model class for the config, so the
+# server loads it through sglang's real weight loader (``--load-format dummy``
+# never calls load_weights and fills tiny uniform values: every greedy token
+# is then the same and MTP accepts everything).
+# --------------------------------------------------------------------------
+SHARD_BYTES = 5 * 10**9
+INDEX_FILE = "model.safetensors.index.json"
+INFO_FILE = "random_weights.json"
+# Output norms of the three residual branches of a Gemma-4 text layer (attention, MLP / MoE, PLE).
+RESIDUAL_NORMS = ("post_attention_layernorm", "post_feedforward_layernorm", "post_per_layer_input_norm")
+# Target z-score of a token's own logit when it is the current input (see residual_norm_gain).
+SELF_LOGIT_Z = 2.5
+_DTYPES = ("bfloat16", "float16", "float32")
+
+
+def residual_norm_gain(text: Dict[str, Any], z: float = SELF_LOGIT_Z) -> float:
+    """Weight for the residual-branch output norms so that random weights do not just copy the input token.
+
+    With tied embeddings E (std s) the residual stream keeps sqrt(H) * E[x] of the current token x, and every
+    residual branch adds a vector of RMS g (the output norm's weight; transformers' init gives g = 1). After
+    the final norm the logit of x itself is about s*H / sqrt(s^2*H + n*g^2) standard deviations above the
+    others (n = branches over all layers), while the best of the other 262144 tokens sits about 5 standard
+    deviations up. With g = 1 that z-score is about 2.9 for E2B but 6.8 for 26B-A4B and 9.1 for 31B (measured
+    on transformers' model at those widths and depths): every greedy token would be the last prompt token.
+    Returns the smallest g >= 1 that brings the z-score down to ``z``.
+    """
+    s = float(text.get("initializer_range") or 0.02)
+    h = float(text["hidden_size"])
+    n = len(text["layer_types"]) * (3 if text.get("hidden_size_per_layer_input") else 2)
+    need = (s * h / z) ** 2 - s * s * h
+    return max(1.0, math.sqrt(max(need, 0.0) / n))
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    if name not in _DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; known: {', '.join(_DTYPES)}")
+    return getattr(torch, name)
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device not in ("cpu", "cuda", "meta") and not device.startswith("cuda:"):
+        raise ValueError(f"unknown device {device!r}; use cpu or cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but torch sees no CUDA device")
+
+
+def build_random_model(model_dir: str, seed: int, *, device: str = "cpu", dtype: str = "bfloat16",
+                       gain: Optional[float] = None):
+    """transformers' model for ``model_dir`` built on ``device`` in ``dtype`` and initialised by its own
+    ``post_init`` (``_init_weights``) under ``torch.manual_seed(seed)`` (which seeds CUDA too).
+
+    Returns ``(model, tensors, info)``: ``tensors`` is the checkpoint, name -> tensor, in the hub
+    checkpoints' names (``model.language_model.*``, ``model.vision_tower.*``, ... for targets; ``model.*``,
+    ``pre_projection``, ``masked_embedding.*`` for assistants), tied copies left out. Three departures from
+    transformers' init, each recorded in ``info``:
+
+    * targets: the residual-branch output norms get ``gain`` (default ``residual_norm_gain``) instead of 1;
+    * KV-shared layers get ``k_proj`` (and ``v_proj`` unless K = V) and ``k_norm`` like the hub checkpoints,
+      which transformers drops on load and sglang loads into its fused qkv (and never reads);
+    * the assistant's ``masked_embedding.token_ordering`` is a seeded permutation of the vocab (transformers'
+      init is all zeros, which maps every centroid to token 0).
+    """
+    import torch
+    import transformers
+
+    _check_device(device)
+    cfg = transformers.AutoConfig.from_pretrained(model_dir)
+    assistant = cfg.model_type == "gemma4_assistant"
+    cls = transformers.Gemma4AssistantForCausalLM if assistant else transformers.Gemma4ForConditionalGeneration
+    text_cfg = cfg.get_text_config()
+    if gain is None:
+        gain = 1.0 if assistant else residual_norm_gain(text_cfg.to_dict())
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = cls._from_config(cfg, dtype=_torch_dtype(dtype))
+    model.eval()
+    text_model = model.model if assistant else model.model.language_model
+    prefix = "model." if assistant else "model.language_model."
+    std = float(text_cfg.initializer_range or 0.02)
+    extra: Dict[str, Any] = {}
+    with torch.no_grad():
+        if not assistant:
+            for layer in text_model.layers:
+                for norm in RESIDUAL_NORMS:
+                    if hasattr(layer, norm):
+                        getattr(layer, norm).weight.fill_(gain)
+        for i, layer in enumerate(text_model.layers):
+            attn = layer.self_attn
+            if not attn.is_kv_shared_layer:
+                continue
+            geo = text_cfg.per_layer_config[i]
+            rows, hidden = geo.num_key_value_heads * attn.head_dim, text_cfg.hidden_size
+            pre = f"{prefix}layers.{i}.self_attn."
+            like = attn.q_proj.weight
+            extra[pre + "k_proj.weight"] = torch.empty(rows, hidden, dtype=like.dtype, device=like.device).normal_(0.0, std)
+            if not attn.use_alternative_attention:
+                extra[pre + "v_proj.weight"] = torch.empty(rows, hidden, dtype=like.dtype, device=like.device).normal_(0.0, std)
+            extra[pre + "k_norm.weight"] = torch.ones(attn.head_dim, dtype=like.dtype, device=like.device)
+        emb = getattr(model, "masked_embedding", None)
+        if emb is not None:
+            gen = torch.Generator(device="cpu").manual_seed(seed)
+            emb.token_ordering.copy_(torch.randperm(emb.vocab_size, generator=gen).to(emb.token_ordering.device))
+    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+    tensors = {k: v for k, v in model.state_dict().items() if k not in tied}
+    clash = set(tensors) & set(extra)
+    if clash:
+        raise RuntimeError(f"KV-shared layer tensors already in the model: {sorted(clash)[:4]}")
+    tensors.update(extra)
+    info = {
+        "seed": seed,
+        "device": device,
+        "dtype": dtype,
+        "model_class": cls.__name__,
+        "init": "transformers post_init / _init_weights under torch.manual_seed(seed): linears and embeddings "
+                f"normal(0, {std}), norms 1, buffers per Gemma-4's _init_weights",
+        "residual_norm_gain": None if assistant else gain,
+        "kv_shared_layer_tensors": sorted(extra),
+        "token_ordering": "seeded permutation" if emb is not None else None,
+        "tied_left_out": sorted(tied),
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+    }
+    return model, tensors, info
+
+
+def _st_dtype(t) -> str:
+    import torch
+
+    names = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32", torch.float64: "F64",
+             torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+             torch.bool: "BOOL"}
+    if t.dtype not in names:
+        raise ValueError(f"no safetensors dtype for {t.dtype}")
+    return names[t.dtype]
+
+
+def plan_shards(tensors: Dict[str, Any], shard_bytes: int = SHARD_BYTES) -> List[List[str]]:
+    """Consecutive groups of tensor names of at most ``shard_bytes`` each (a larger tensor gets its own)."""
+    shards: List[List[str]] = [[]]
+    size = 0
+    for name, t in tensors.items():
+        nb = t.numel() * t.element_size()
+        if shards[-1] and size + nb > shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nb
+    return [s for s in shards if s]
+
+
+def _write_shard(path: str, names: List[str], tensors: Dict[str, Any]) -> int:
+    """One safetensors file: 8-byte little-endian header length, JSON header, raw little-endian data."""
+    import struct
+
+    import torch
+
+    header: Dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name in names:
+        t = tensors[name]
+        nb = t.numel() * t.element_size()
+        header[name] = {"dtype": _st_dtype(t), "shape": list(t.shape), "data_offsets": [offset, offset + nb]}
+        offset += nb
+    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    blob += b" " * (-len(blob) % 8)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for name in names:
+            t = tensors[name].detach()
+            cpu = t.to("cpu").contiguous().reshape(-1)
+            if cpu.numel():
+                f.write(cpu.view(torch.uint8).numpy().data)
+    os.replace(tmp, path)
+    return offset
+
+
+def write_checkpoint(out_dir: str, tensors: Dict[str, Any], *, shard_bytes: int = SHARD_BYTES,
+                     workers: int = 4) -> Dict[str, Any]:
+    """Shards ``model-0000i-of-0000n.safetensors`` and ``model.safetensors.index.json`` into ``out_dir``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    for fname in os.listdir(out_dir):  # stale shards of an earlier run
+        if (fname.startswith("model-") and fname.endswith(".safetensors")) or fname == "model.safetensors":
+            os.remove(os.path.join(out_dir, fname))
+    shards = plan_shards(tensors, shard_bytes)
+    n = len(shards)
+    files = [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, n))) as pool:
+        sizes = list(pool.map(lambda a: _write_shard(os.path.join(out_dir, a[0]), a[1], tensors), zip(files, shards)))
+    weight_map = {name: fname for fname, names in zip(files, shards) for name in names}
+    index = {"metadata": {"total_size": sum(sizes)}, "weight_map": dict(sorted(weight_map.items()))}
+    with open(os.path.join(out_dir, INDEX_FILE), "w", encoding="utf-8") as f:
+        f.write(_dump(index))
+    return {"total_size": sum(sizes), "shards": n, "tensors": len(tensors), "max_shard_bytes": max(sizes)}
+
+
+def probe_logits(model, vocab_limit: int, seed: int, n: int = 32) -> Dict[str, Any]:
+    """One text forward of ``n`` seeded ordinary tokens: logit spread and whether argmax just copies the input."""
+    import torch
+
+    gen = torch.Generator(device="cpu").manual_seed(seed + 1)
+    dev = next(model.parameters()).device
+    ids = torch.randint(200, vocab_limit, (1, n), generator=gen).to(dev)
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0].float()
+    std = logits.std(-1)
+    z_self = ((logits.gather(1, ids[0][:, None]).squeeze(1) - logits.mean(-1)) / std)
+    top2 = logits.topk(2, dim=-1).values
+    arg = logits.argmax(-1)
+    return {
+        "tokens": n,
+        "logit_std_mean": round(float(std.mean()), 4),
+        "logit_range_mean": round(float((logits.max(-1).values - logits.min(-1).values).mean()), 4),
+        "top1_top2_gap_mean": round(float((top2[:, 0] - top2[:, 1]).mean()), 4),
+        "top1_top2_gap_min": round(float((top2[:, 0] - top2[:, 1]).min()), 5),
+        "self_logit_z_mean": round(float(z_self.mean()), 3),
+        "argmax_is_input_fraction": round(float((arg == ids[0]).float().mean()), 3),
+        "distinct_argmax": int(arg.unique().numel()),
+    }
+
+
+def _weights_readme(name: str, info: Dict[str, Any], stats: Dict[str, Any]) -> str:
+    geometry = HUB_IDS.get(name.replace("-assistant", ""), "tiny test model")
+    gain = info.get("residual_norm_gain")
+    lines = [
+        f"RANDOM WEIGHTS - this is not the real Gemma-4 model. Directory `{name}` written by",
+        "benchmark/gemma4/make_model_dir.py (`weights`).",
+        "",
+        f"Geometry: {geometry}{' (MTP assistant)' if name.endswith('-assistant') else ''}; see"
+        " benchmark/gemma4/configs/SOURCES.md.",
+        f"Weights: transformers {info['transformers']} `{info['model_class']}` initialised by its own init"
+        f" (post_init / _init_weights) under torch.manual_seed({info['seed']}) on {info['device']}, saved in"
+        f" {info['dtype']}: {stats['tensors']} tensors, {stats['total_size']} bytes in {stats['shards']} shard(s).",
+        "Same seed, device and versions give byte-identical files.",
+    ]
+    if gain is not None and gain != 1.0:
+        lines.append(f"Departure: residual-branch output norms ({', '.join(RESIDUAL_NORMS)}) set to {gain:.4f}"
+                     " instead of 1, so that the tied embeddings do not make every greedy token the last input"
+                     " token (see residual_norm_gain).")
+    if info["kv_shared_layer_tensors"]:
+        lines.append("KV-shared layers carry k_proj / v_proj / k_norm as the hub checkpoints do (random, never"
+                     " read by either engine).")
+    if info.get("token_ordering"):
+        lines.append("masked_embedding.token_ordering is a seeded permutation (transformers' init is zeros).")
+    lines += [
+        "Start SGLang WITHOUT `--load-format dummy` so that it loads these weights through its weight loader.",
+        "The tokenizer is a local word-level stand-in with the Gemma-4 special tokens at their real ids.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_weights(name: str, out_dir: str, *, seed: int, device: str = "cpu", dtype: str = "bfloat16",
+                  force: bool = False, probe: bool = True, shard_bytes: int = SHARD_BYTES,
+                  gain: Optional[float] = None) -> Dict[str, Any]:
+    """``write_model_dir`` plus a seeded random-weight checkpoint (see build_random_model)."""
+    import time
+
+    import torch
+
+    t0 = time.perf_counter()
+    config_for(name)  # bad name: error before anything is written
+    _torch_dtype(dtype)
+    _check_device(device)
+    write_model_dir(name, out_dir, force=force)
+    t1 = time.perf_counter()
+    model, tensors, info = build_random_model(out_dir, seed, device=device, dtype=dtype, gain=gain)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t2 = time.perf_counter()
+    if probe and info["model_class"] == "Gemma4ForConditionalGeneration":
+        cfg = config_for(name)
+        limit = min(int(cfg["text_config"]["vocab_size"]), int(cfg["boi_token_id"]))
+        info["probe"] = probe_logits(model, limit, seed)
+    t3 = time.perf_counter()
+    stats = write_checkpoint(out_dir, tensors, shard_bytes=shard_bytes, workers=8 if device.startswith("cuda") else 4)
+    t4 = time.perf_counter()
+    info["seconds"] = {"dir": round(t1 - t0, 2), "build_init": round(t2 - t1, 2), "probe": round(t3 - t2, 2),
+                       "write": round(t4 - t3, 2), "total": round(t4 - t0, 2)}
+    if device.startswith("cuda"):
+        info["peak_device_bytes"] = int(torch.cuda.max_memory_allocated())
+    info.update(stats)
+    with open(os.path.join(out_dir, INFO_FILE), "w", encoding="utf-8") as f:
+        f.write(_dump(info))
+    with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
+        f.write(_weights_readme(name, info, stats))
+    del model, tensors
+    return info
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -569,6 +901,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     d.add_argument("name", help="e2b | e4b | 26b-a4b | 31b | <variant>-assistant | tiny")
     d.add_argument("out_dir")
     d.add_argument("--force", action="store_true", help="write into a non-empty directory")
+    w = sub.add_parser("weights", help="write one model directory with a seeded random-weight checkpoint")
+    w.add_argument("name", help="e2b | e4b | 26b-a4b | 31b | <variant>-assistant | tiny | tiny-assistant")
+    w.add_argument("out_dir")
+    w.add_argument("--seed", type=int, required=True)
+    w.add_argument("--device", default="cpu", help="cpu | cuda (build and initialise the model there)")
+    w.add_argument("--dtype", default="bfloat16", choices=_DTYPES)
+    w.add_argument("--force", action="store_true", help="write into a non-empty directory")
+    w.add_argument("--no-probe", action="store_true", help="skip the one-forward logit-spread probe")
+    w.add_argument("--residual-norm-gain", type=float, default=None,
+                   help="override the residual-branch output norm weight (default: residual_norm_gain)")
     a = sub.add_parser("all", help="write every variant (and tiny) under OUT_ROOT/<name>")
     a.add_argument("out_root")
     ns = ap.parse_args(argv)
@@ -578,6 +920,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(p)
         elif ns.cmd == "dir":
             print(write_model_dir(ns.name, ns.out_dir, force=ns.force))
+        elif ns.cmd == "weights":
+            info = write_weights(ns.name, ns.out_dir, seed=ns.seed, device=ns.device, dtype=ns.dtype,
+                                 force=ns.force, probe=not ns.no_probe, gain=ns.residual_norm_gain)
+            sec = info["seconds"]
+            print(f"{ns.out_dir}: {info['tensors']} tensors, {info['total_size']} bytes"
+                  f" ({info['total_size'] / 1e9:.2f} GB) in {info['shards']} shard(s);"
+                  f" {sec['total']:.1f} s (build+init {sec['build_init']:.1f} s, write {sec['write']:.1f} s)")
+            if "probe" in info:
+                print("probe: " + json.dumps(info["probe"]))
         else:
             for name in all_names() + ["tiny"]:
                 print(write_model_dir(name, os.path.join(ns.out_root, name)))
