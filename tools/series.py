@@ -670,6 +670,25 @@ def refresh(series: Series, tree: Path, only: list | None) -> list:
 # build and export
 
 
+def series_commit(root: Path) -> str:
+    """Short HEAD of the series repo at ``root``, with "-dirty" when patches/ or python/ (what a build
+    reads) have uncommitted or untracked changes; "unknown" outside a git checkout."""
+    def run_git(*args):
+        try:
+            proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    head = run_git("rev-parse", "--short", "HEAD")
+    if not head:
+        return "unknown"
+    status = run_git("status", "--porcelain", "--", "patches", "python")
+    if status is None:
+        return "unknown"
+    return f"{head}-dirty" if status else head
+
+
 def build(series: Series, wheel: Path, out_dir: Path, no_patches: bool = False) -> Path:
     import importlib.util
 
@@ -705,6 +724,7 @@ def build(series: Series, wheel: Path, out_dir: Path, no_patches: bool = False) 
             "upstream": f"{series.pin.name}=={series.pin.version}",
             "upstream_wheel_sha256": sha256_file(wheel),
             "version": version,
+            "series_commit": series_commit(series.root),
             "patches": [
                 {
                     "name": p.name,

@@ -1,182 +1,56 @@
-"""Gemma-4 vision encoder: 0.5.23 per-image path vs the packed encoder of patch 0010.
+"""Gemma-4 vision encoder on the real engines: stock sglang 0.5.23 vs the series (patch 0010), fa3 and
+triton_attn vision attention, plus parity against transformers.
 
-Both arms run sglang's own code at real vision geometries with random weights, in one process:
+Run on the GPU machine with the two engines of the GPU kit (``make-bundle.sh --fa3`` for the fa3 ops):
 
-* upstream: sglang 0.5.23's ``Gemma4VisionEncoder`` (the unmodified file from the wheel) driven the way
-  0.5.23's ``Gemma4ForConditionalGeneration.get_image_feature`` drives it: one tower call and one
-  ``embed_vision`` call per image, every image padded to its processor's 2520 patches;
-* patched: the patched ``gemma4_vision.py`` and ``gemma4_vision_batching.encode_vision_items``
-  (what the patched ``get_image_feature`` calls), on the same weights.
+    /tmp/py-patched benchmark/gemma4/bench_vision.py \
+        --upstream-python /tmp/py-upstream --patched-python /tmp/py-patched --out /tmp/vision
 
-Towers (random weights; geometry, not checkpoints):
-* e2b: 768 hidden x 16 layers, 12 heads x 64, MLP 3072 (transformers' Gemma4VisionConfig defaults, the
-  E2B/E4B tower size in the shared environment notes);
-* large: 1152 hidden x 27 layers (26B-A4B / 31B tower size in the shared environment notes), 16 heads x 72,
-  MLP 4304 (the SigLIP-so400m split of that size; assumed, not read from a checkpoint).
-Patch 16, pooling 3x3, position table 10240, 2520 patches per image (280 soft tokens), as transformers'
-Gemma-4 image processor produces.
+Each engine runs in its own process (its own installed sglang; nothing here stands in for sglang code):
 
-Workloads: 1, 6 and 24 images of 480x480 (30x30 = 900 valid patches of 2520) and 6 images of mixed
-resolutions; each call gets one item per image, as the scheduler hands them over.
+* the vision tower is each engine's ``Gemma4VisionEncoder`` and the projection its
+  ``Gemma4MultimodalEmbedder``, built at real tower geometry with seeded random weights (the same weights in
+  both engines: every tensor is seeded from its name);
+* the timed call is each engine's own ``Gemma4ForConditionalGeneration.get_image_feature`` (0.5.23: one tower
+  call and one embed_vision call per image, every image padded to 2520 patches; series: packed encoder),
+  bound to an object that holds the tower, the projection and the text hidden size / dtype it reads; no
+  language model is built;
+* the vision attention backend is chosen as the server chooses it, through ``--mm-attention-backend``
+  (``override_server_args(mm_attention_backend=...)``) before the tower is built.
 
-On a GPU machine without sglang's dependencies: ``prepare`` (run where the wheel is) extracts the few real
-sglang files this needs into a folder to carry; ``run`` lays them into a minimal ``sglang`` package and
-stands in for the modules that cannot be imported there (see ``SHIMS`` below).  Usage:
+(a) parity, on padded images (480x480: 900 of 2520 patches valid; 384x528: 792 of 2520), both tower sizes,
+    against transformers' ``Gemma4VisionModel`` + ``Gemma4MultimodalEmbedder`` in float32 on the same weights:
+    "soft tokens before the embedder" = what the tower hands to embed_vision (pooled, scaled, standardized;
+    the engine's get_image_feature with an identity embed_vision), "embeddings after the embedder" = what
+    get_image_feature returns.  Engine arms: float32 + triton_attn (IEEE float32 dots), bfloat16 + triton_attn,
+    bfloat16 + fa3 (fa3 has no float32).
+(b) time, bfloat16: 1, 6 and 24 images of 480x480 and 6 images of mixed sizes, one item per image as the
+    scheduler hands them over; median of --reps calls after --warmup calls; peak memory above the inputs.
 
-    python benchmark/gemma4/bench_vision.py prepare --wheel sglang-0.5.23-cp312-...whl \
-        --patched-tree build/wt-vision/python --dest build/gpu-vision
-    python benchmark/gemma4/bench_vision.py run --files build/gpu-vision --out OUTDIR
+Towers (random weights; geometry, not checkpoints): e2b = 768 x 16 layers, 12 heads x 64, MLP 3072
+(transformers' Gemma4VisionConfig defaults, the E2B/E4B tower); large = 1152 x 27 layers, 16 heads x 72,
+MLP 4304 (26B-A4B / 31B tower size; the head split is assumed).  Patch 16, pooling 3x3, position table
+10240, 2520 patches per image.
 
-It writes vision_bench.json and vision_bench.md to OUTDIR.
+Writes ``vision_fa3_<device>.json`` and ``.md`` (device, date, commit) to --out.  When the fa3 ops are
+missing (a bundle made without --fa3) the fa3 rows are skipped with the error that made them fail.
+``--quick`` (tiny towers, CPU allowed) checks the harness in a few minutes without a GPU.
+Expected on one H200: about 2 minutes, under 10 GiB of GPU memory.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import importlib.util
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import zipfile
-
-# Real sglang files carried to the GPU machine: (path inside the sglang package, which tree).
-REAL_FILES = [
-    ("srt/models/gemma4_vision.py", "upstream"),  # 0.5.23 as released
-    ("srt/models/gemma4_vision.py", "patched"),  # with patch 0010
-    ("srt/models/gemma4_vision_batching.py", "patched"),  # new module of patch 0010
-    ("srt/layers/clippable_linear.py", "common"),  # the tower's clamped linears
-    ("kernels/ops/attention/prefill_attention.py", "common"),  # the triton_attn vision kernel
-]
-
-# Stand-ins for modules that cannot be imported on the GPU machine.  Each is what the five files above
-# use of that module, at tensor-parallel size 1, unquantized.  Why each is a stand-in:
-# * sglang.srt.utils, sglang.srt.runtime_context: import msgspec, psutil, zmq, requests, pydantic, ...
-#   (absent there; about 200 packages in all).  Only is_cuda/is_hip/is_cpu, get_device_capability,
-#   add_prefix and the three context getters (attention backend choice, TP size 1, platform) are used.
-# * sglang.srt.layers.linear: imports the distributed stack; at TP 1, unquantized, its layers compute
-#   x @ W.T (+ b) and return (output, None), as here.
-# * sglang.srt.layers.layernorm: imports sgl_kernel (rmsnorm kernels), absent there; Gemma4RMSNorm here
-#   is its float32 reference formula (x * rsqrt(mean(x^2) + eps) * weight, cast back).
-# * einops (only if absent): gemma4_vision.py's one rearrange "(b s) h d -> b s (h d)", a reshape.
-# * sglang.srt.layers.attention.vision: imports sgl_kernel's flash-attention (fa3, the H100 default for
-#   this tower) and flashinfer, both absent there.  Its "triton_attn" backend is restated: the same
-#   call of the real Triton kernel ``context_attention_fwd`` (carried above) with uniform cu_seqlens
-#   when none are given, exactly as VisionTritonAttention does.  Both arms use it.
-SHIMS = {
-    "__init__.py": "",
-    "srt/__init__.py": "",
-    "srt/models/__init__.py": "",
-    "srt/layers/__init__.py": "",
-    "srt/layers/quantization/__init__.py": "",
-    "srt/layers/attention/__init__.py": "",
-    "kernels/__init__.py": "",
-    "kernels/ops/__init__.py": "",
-    "kernels/ops/attention/__init__.py": "",
-    "srt/layers/quantization/base_config.py": "class QuantizationConfig:\n    pass\n",
-    "srt/utils.py": '''
-import torch
-def is_cuda(): return torch.cuda.is_available() and torch.version.cuda is not None
-def is_hip(): return torch.cuda.is_available() and torch.version.hip is not None
-def is_cpu(): return not torch.cuda.is_available()
-def cpu_has_amx_support(): return False
-def get_device_capability(device_id=0):
-    return torch.cuda.get_device_capability(device_id) if torch.cuda.is_available() else (None, None)
-def add_prefix(name, prefix): return name if not prefix else f"{prefix}.{name}"
-''',
-    "srt/runtime_context.py": '''
-import os, types
-_MM = types.SimpleNamespace(mm_attention_backend=os.environ.get("BENCH_VISION_BACKEND", "triton_attn"))
-_PAR = types.SimpleNamespace(attn_tp_size=1, tp_size=1, tp_rank=0, attn_tp_rank=0)
-_PLAT = types.SimpleNamespace(is_blackwell=False)
-def get_mm(): return _MM
-def get_parallel(): return _PAR
-def get_platform(): return _PLAT
-''',
-    "srt/layers/linear.py": '''
-import torch, torch.nn as nn, torch.nn.functional as F
-class _Linear(nn.Module):
-    def __init__(self, input_size, output_size, bias):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(output_size, input_size))
-        self.weight.weight_loader = lambda p, w, shard=None: p.data.copy_(w)
-        self.bias = nn.Parameter(torch.zeros(output_size)) if bias else None
-    def forward(self, x):
-        return F.linear(x, self.weight, self.bias), None
-class ColumnParallelLinear(_Linear):
-    def __init__(self, input_size, output_size, bias=True, quant_config=None, prefix="", **kw):
-        super().__init__(input_size, output_size, bias)
-class RowParallelLinear(_Linear):
-    def __init__(self, input_size, output_size, bias=True, quant_config=None, prefix="", **kw):
-        super().__init__(input_size, output_size, bias)
-class MergedColumnParallelLinear(_Linear):
-    def __init__(self, input_size, output_sizes, bias=True, quant_config=None, prefix="", **kw):
-        super().__init__(input_size, sum(output_sizes), bias)
-class QKVParallelLinear(_Linear):
-    def __init__(self, hidden_size, head_size, total_num_heads, total_num_kv_heads=None, bias=True,
-                 quant_config=None, prefix="", **kw):
-        kv = total_num_kv_heads or total_num_heads
-        super().__init__(hidden_size, (total_num_heads + 2 * kv) * head_size, bias)
-''',
-    "srt/layers/layernorm.py": '''
-import torch, torch.nn as nn
-class Gemma4RMSNorm(nn.Module):
-    def __init__(self, dim, eps=1e-6, scale_shift=0.0, with_scale=True):
-        super().__init__()
-        self.with_scale, self.eps, self.scale_shift = with_scale, eps, scale_shift
-        if with_scale:
-            self.weight = nn.Parameter(torch.ones(dim))
-        else:
-            self.register_buffer("weight", torch.ones(dim), persistent=False)
-    def forward(self, x):
-        y = x.float()
-        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)
-        if self.with_scale:
-            y = y * (self.weight.float() + self.scale_shift)
-        return y.type_as(x)
-''',
-    "srt/layers/attention/vision.py": '''
-import torch, torch.nn as nn, torch.nn.functional as F
-from sglang.kernels.ops.attention.prefill_attention import context_attention_fwd
-class VisionTritonAttention(nn.Module):
-    def __init__(self, **kw):
-        super().__init__()
-    def forward(self, q, k, v, cu_seqlens, bsz, seq_len, softmax_scale=None, **kw):
-        if cu_seqlens is None:
-            cu_seqlens = torch.arange(0, (bsz + 1) * seq_len, seq_len, dtype=torch.int32, device=q.device)
-        cu_seqlens = cu_seqlens.to(device=q.device, dtype=torch.int32)
-        seq_lens = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int32)
-        max_seqlen = kw.get("max_seqlen")
-        max_seqlen = int(seq_lens.max().item()) if max_seqlen is None else int(max_seqlen)
-        out = torch.empty_like(q)
-        context_attention_fwd(q, k, v, out, cu_seqlens, seq_lens, max_seqlen, is_causal=False,
-                              sm_scale=softmax_scale)
-        return out
-class VisionSdpaAttention(nn.Module):
-    def __init__(self, head_dim, num_heads, num_kv_heads, softmax_scale=None, **kw):
-        super().__init__()
-        self.h, self.d, self.scale = num_heads, head_dim, softmax_scale
-    def forward(self, q, k, v, bsz, cu_seqlens=None, attention_mask=None, softmax_scale=None, **kw):
-        s = q.shape[0] // bsz
-        q, k, v = (t.reshape(bsz, s, self.h, self.d).transpose(1, 2) for t in (q, k, v))
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=self.scale)
-        return o.transpose(1, 2).reshape(bsz * s, self.h, self.d)
-QKV_BACKEND_IMPL = {"triton_attn": VisionTritonAttention, "sdpa": VisionSdpaAttention}
-''',
-}
-
-EINOPS_SHIM = '''
-def rearrange(x, pattern, **sizes):
-    if pattern.replace(" ", "") != "(bs)hd->bs(hd)":
-        raise NotImplementedError(pattern)
-    return x.reshape(sizes["b"], -1, x.shape[-2] * x.shape[-1])
-'''
+import zlib
 
 TOWERS = {
     "e2b": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=16, num_attention_heads=12,
@@ -184,136 +58,234 @@ TOWERS = {
     "large": dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
                   num_key_value_heads=16, head_dim=72, standardize=True),
 }
+QUICK_TOWERS = {
+    "e2b": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=2, head_dim=32, standardize=False),
+    "large": dict(hidden_size=96, intermediate_size=160, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=2, head_dim=48, standardize=True),
+}
 TEXT_HIDDEN = {"e2b": 1536, "large": 2816}
 MAX_PATCHES = 2520
+QUICK_MAX_PATCHES = 144
+PATCH_PIXELS = 768
 # mixed set: patch grids (rows, cols), multiples of the 3x3 pooling kernel, at most 2520 patches
 MIXED = [(30, 30), (42, 60), (24, 33), (48, 51), (15, 15), (36, 63)]
+WORKLOADS = [("480x480 x1", [(30, 30)]), ("480x480 x6", [(30, 30)] * 6),
+             ("480x480 x24", [(30, 30)] * 24), ("mixed x6", MIXED)]
+PARITY_IMAGES = [(30, 30), (24, 33)]  # 480x480 and 384x528, padded to 2520 patches
+BACKENDS = ("fa3", "triton_attn")
 
 
-# ------------------------------------------------------------------------------------------------ prepare
+# ================================================================================================= worker
+# Runs inside one engine's interpreter.
 
 
-def prepare(args):
-    dest = os.path.abspath(args.dest)
-    if os.path.exists(dest):
-        shutil.rmtree(dest)
-    with zipfile.ZipFile(args.wheel) as whl:
-        for rel, tree in REAL_FILES:
-            if tree == "patched":
-                src = os.path.join(args.patched_tree, "sglang", rel)
-                data = open(src, "rb").read()
-            else:
-                data = whl.read("sglang/" + rel)
-            out = os.path.join(dest, tree, rel)
-            os.makedirs(os.path.dirname(out), exist_ok=True)
-            with open(out, "wb") as f:
-                f.write(data)
-    print(f"prepared {len(REAL_FILES)} sglang files under {dest}")
+class _Host:
+    """What get_image_feature reads of the model: the tower, the projection, the text hidden size, the
+    language model's device and dtype (no language model is built)."""
+
+    def __init__(self, engine_cls, tower, embed, text_hidden, device, dtype):
+        import types
+
+        self._cls = engine_cls
+        self.vision_tower = tower
+        self.embed_vision = embed
+        self.config = types.SimpleNamespace(text_config=types.SimpleNamespace(hidden_size=text_hidden))
+        self.language_model = types.SimpleNamespace(device=device, dtype=lambda: dtype)
+
+    def parameters(self):
+        return self.vision_tower.parameters()
+
+    def __getattr__(self, name):  # the engine's own methods (e.g. the series' _encode_vision_items)
+        fn = getattr(self._cls, name)
+        return fn.__get__(self)
+
+    def get_image_feature(self, items):
+        return self._cls.get_image_feature(self, items)
 
 
-# ------------------------------------------------------------------------------------------------ run
+_NOISE = {}  # (name, shape) -> CPU float32 tensor, drawn once per process
 
 
-def _build_package(files_dir):
-    root = tempfile.mkdtemp(prefix="bench_vision_")
-    pkg = os.path.join(root, "sglang")
-    for rel, text in SHIMS.items():
-        path = os.path.join(pkg, rel)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-            f.write(text)
-    for rel, tree in REAL_FILES:
-        if tree == "upstream":
-            continue
-        shutil.copy(os.path.join(files_dir, tree, rel), os.path.join(pkg, rel))
-    if importlib.util.find_spec("einops") is None:
-        # absent on the GPU machine; gemma4_vision.py uses this one pattern of it
-        with open(os.path.join(root, "einops.py"), "w") as f:
-            f.write(EINOPS_SHIM)
-    sys.path.insert(0, root)
-    return root
+def _seeded_(torch, name, t, device):
+    """Fill ``t`` from a generator seeded by ``name``: the same values in every engine and process."""
+    key = (name, tuple(t.shape))
+    if key not in _NOISE:
+        gen = torch.Generator(device="cpu").manual_seed(zlib.crc32(name.encode()))
+        _NOISE[key] = torch.randn(t.shape, generator=gen)
+    t.copy_(_NOISE[key].to(device))
 
 
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _vision_config(tower):
-    from transformers import Gemma4VisionConfig
-
-    return Gemma4VisionConfig(patch_size=16, pooling_kernel_size=3, position_embedding_size=10240,
-                              **TOWERS[tower])
-
-
-class Embedder:
-    """embed_vision of 0.5.23 (Gemma4MultimodalEmbedder): RMSNorm without scale, then a projection."""
-
-    def __init__(self, torch, hidden, text_hidden, eps, device, dtype, gen):
-        self.torch, self.eps = torch, eps
-        self.weight = (torch.randn(text_hidden, hidden, generator=gen) * hidden**-0.5).to(device, dtype)
-
-    def __call__(self, inputs_embeds):
-        torch = self.torch
-        x = inputs_embeds.float()
-        x = (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(inputs_embeds)
-        return torch.nn.functional.linear(x, self.weight)
-
-
-def _random_tower(torch, mod, cfg, device, dtype, gen):
-    vt = mod.Gemma4VisionEncoder(cfg)
+def _init_tower(torch, vt, device, prefix):
     with torch.no_grad():
-        # persistent tensors only: the clip bounds (+-inf) and v_norm's unit weight stay as built
         for name, p in vt.state_dict(keep_vars=True).items():
             if not p.is_floating_point():
                 continue
             if name.endswith("layer_scalar") or "std_scale" in name:
                 p.fill_(1.0)
-            elif name.endswith(("q_norm.weight", "k_norm.weight")):
-                # this tower's softmax scale is 1.0: q/k norm weights near 0.35 give attention logits of
-                # unit spread; with unit weights the random tower is chaotic (a 1e-3 input change
-                # decorrelates its output), which would make every parity figure meaningless
-                p.copy_(0.35 + 0.03 * torch.randn(p.shape, generator=gen))
+                continue
+            _seeded_(torch, f"{prefix}.{name}", p, device)
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
+                # this tower's softmax scale is 1.0: q/k norm weights near 0.35 give attention logits of unit
+                # spread; with unit weights a random tower is chaotic and no parity figure means anything
+                p.mul_(0.03).add_(0.35)
             elif "norm" in name:
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
+                p.mul_(0.1).add_(1.0)
             elif "position_embedding_table" in name or "std_bias" in name:
-                p.copy_(0.02 * torch.randn(p.shape, generator=gen))
+                p.mul_(0.02)
             else:
-                p.copy_(torch.randn(p.shape, generator=gen) * p.shape[-1] ** -0.5)
-    return vt.to(device, dtype).eval()
+                p.mul_(p.shape[-1] ** -0.5)
 
 
-def _image(torch, rows, cols, gen, device):
-    """Pre-patchified image as transformers' Gemma-4 processor gives it: float32 pixels in [0, 1],
-    patches in row-major order, padded to 2520 with (-1, -1)."""
+class Engine:
+    """One engine's vision modules, built the way its server builds them."""
+
+    def __init__(self, device, quick):
+        import types
+
+        import torch
+
+        from sglang.srt import runtime_context as rc
+
+        self.torch, self.device, self.quick = torch, device, quick
+        self._rc = rc
+        group = types.SimpleNamespace(is_first_rank=True, is_last_rank=True, world_size=1, rank_in_group=0)
+        self._override = None
+        self._install(None)
+        rc.get_parallel().override_permanently(
+            pp_group=group, tp_group=group, attn_tp_group=group, tp_rank=0, attn_tp_rank=0, pp_rank=0
+        )
+        from sglang.srt.models import gemma4_mm
+
+        self.gemma4_mm = gemma4_mm
+
+    def _install(self, backend):
+        if self._override is not None:
+            self._override.restore()
+        fields = dict(device=self.device.type)
+        if backend is not None:
+            fields["mm_attention_backend"] = backend
+        self._override = self._rc._CONTEXT.override_server_args(**fields)
+        self._override.install()
+
+    def vision_config(self, tower):
+        from transformers import Gemma4VisionConfig
+
+        geometry = (QUICK_TOWERS if self.quick else TOWERS)[tower]
+        return Gemma4VisionConfig(patch_size=16, pooling_kernel_size=3, position_embedding_size=10240, **geometry)
+
+    def tower(self, tower, backend, dtype):
+        torch = self.torch
+        from sglang.srt.models.gemma4_vision import Gemma4VisionEncoder
+
+        self._install(backend)
+        with torch.device(self.device):
+            vt = Gemma4VisionEncoder(self.vision_config(tower))
+        _init_tower(torch, vt, self.device, tower)
+        return vt.to(self.device, dtype).eval()
+
+    def embedder(self, tower, dtype):
+        torch = self.torch
+        from transformers import Gemma4TextConfig
+
+        cfg = self.vision_config(tower)
+        with torch.device(self.device):
+            ev = self.gemma4_mm.Gemma4MultimodalEmbedder(cfg, Gemma4TextConfig(hidden_size=self.text_hidden(tower)))
+        _init_tower(torch, ev, self.device, tower + ".embed_vision")
+        return ev.to(self.device, dtype).eval()
+
+    def text_hidden(self, tower):
+        return 96 if self.quick else TEXT_HIDDEN[tower]
+
+    def host(self, tower, vt, embed, dtype):
+        return _Host(self.gemma4_mm.Gemma4ForConditionalGeneration, vt, embed, self.text_hidden(tower),
+                     self.device, dtype)
+
+
+def _image(torch, rows, cols, seed, device, max_patches=MAX_PATCHES):
+    """Pre-patchified image as transformers' Gemma-4 processor gives it: float32 pixels in [0, 1], patches in
+    row-major order, padded to 2520 with (-1, -1)."""
+    gen = torch.Generator().manual_seed(seed)
     n = rows * cols
-    pv = torch.zeros(MAX_PATCHES, 768)
-    pv[:n] = torch.rand(n, 768, generator=gen)
-    pos = torch.full((MAX_PATCHES, 2), -1, dtype=torch.long)
+    pv = torch.zeros(max_patches, PATCH_PIXELS)
+    pv[:n] = torch.rand(n, PATCH_PIXELS, generator=gen)
+    pos = torch.full((max_patches, 2), -1, dtype=torch.long)
     ys, xs = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
     pos[:n, 0], pos[:n, 1] = xs.reshape(-1), ys.reshape(-1)
     return pv.to(device), pos  # pixels on the device (the scheduler moves them), positions on the host
 
 
-def upstream_get_image_feature(torch, vt, embed, items, dtype):
-    """0.5.23's get_image_feature loop: per image, one tower call, then one projection per pooled row."""
+def _items(torch, grids, device, seed0=0, quick=False):
+    import types
+
+    if quick:  # tiny images for the harness check: grids scaled down, 144 patches
+        grids = [(3 * max(1, round(r / 15)), 3 * max(1, round(c / 15))) for r, c in grids]
     out = []
-    for item in items:
-        pv, pp = item.feature, item.image_position_ids
-        if pv.dim() == 2:
-            pv, pp = pv.unsqueeze(0), pp.unsqueeze(0)
-        pv = pv.to(device=vt.device, dtype=dtype)
-        pp = pp.to(device=vt.device)
-        pooled, mask = vt(pv, pp)
-        for hs, m in zip(pooled, mask):
-            out.append(embed(inputs_embeds=hs[m].unsqueeze(0)).squeeze(0))
-    return torch.cat(out, dim=0)
+    for i, (r, c) in enumerate(grids):
+        pv, pos = _image(torch, r, c, seed0 + 1000 * i + r * c, device, QUICK_MAX_PATCHES if quick else MAX_PATCHES)
+        out.append(types.SimpleNamespace(feature=pv[None], image_position_ids=pos[None]))
+    return out
 
 
-def _time(torch, fn, device):
+def _flat(torch, result):
+    return torch.cat(result) if isinstance(result, list) else result
+
+
+def _compare(torch, a, b):
+    a, b = a.float(), b.float().to(a.device)
+    if a.shape != b.shape:
+        return {"shape": list(a.shape), "reference_shape": list(b.shape)}
+    cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)
+    return {"max_abs": float((a - b).abs().max()),
+            "max_rel_to_max": float((a - b).abs().max() / b.abs().max().clamp_min(1e-30)),
+            "min_token_cosine": float(cos.min())}
+
+
+def _hf_reference(torch, eng, tower, vt32, ev32, items):
+    """transformers' Gemma4VisionModel + Gemma4MultimodalEmbedder (float32) on the weights of ``vt32`` /
+    ``ev32``: (soft tokens before the embedder, embeddings after it), valid tokens of all images in order."""
+    from transformers import Gemma4TextConfig
+    from transformers.models.gemma4.modeling_gemma4 import Gemma4MultimodalEmbedder, Gemma4VisionModel
+
+    cfg = eng.vision_config(tower)
+    cfg._attn_implementation = "sdpa"
+    with torch.device(eng.device):
+        hf = Gemma4VisionModel(cfg).float().eval()
+        hf_embed = Gemma4MultimodalEmbedder(cfg, Gemma4TextConfig(hidden_size=eng.text_hidden(tower))).float()
+    src = {k: v.float() for k, v in vt32.state_dict().items()}
+    hd, nh, nkv = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
+    mapped, missing = {}, []
+    for key in hf.state_dict():
+        if ".q_proj." in key or ".k_proj." in key or ".v_proj." in key:
+            w = src[key.split(".self_attn.")[0] + ".self_attn.qkv.qkv_proj.weight"]
+            q, k, v = w.split([nh * hd, nkv * hd, nkv * hd])
+            mapped[key] = {"q": q, "k": k, "v": v}[key.split(".self_attn.")[1][0]]
+        elif ".gate_proj." in key or ".up_proj." in key:
+            gate, up = src[key.split(".mlp.")[0] + ".mlp.gate_up.gate_up_proj.weight"].chunk(2)
+            mapped[key] = gate if ".gate_proj." in key else up
+        elif key in src:
+            mapped[key] = src[key]
+        else:
+            missing.append(key)
+    unmapped = [m for m in missing if not m.endswith(("_min", "_max", "inv_freq"))]
+    if unmapped:
+        raise RuntimeError(f"unmapped transformers weights: {unmapped[:5]}")
+    hf.load_state_dict(mapped, strict=False)
+    hf_embed.load_state_dict({k: v.float() for k, v in ev32.state_dict().items()})
+    pv = torch.cat([it.feature for it in items]).float()
+    pp = torch.cat([it.image_position_ids for it in items]).to(eng.device)
+    with torch.no_grad():
+        soft = hf(pixel_values=pv, pixel_position_ids=pp).last_hidden_state
+        soft = soft.reshape(-1, soft.shape[-1])
+        emb = hf_embed(inputs_embeds=soft)
+    return soft, emb
+
+
+def _identity(inputs_embeds):
+    return inputs_embeds
+
+
+def _time_call(torch, fn, device):
     if device.type == "cuda":
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -328,242 +300,280 @@ def _time(torch, fn, device):
     return dt, peak
 
 
-def _compare(torch, a, b):
-    a, b = a.float(), b.float()
-    if a.shape != b.shape:
-        return {"shape_a": list(a.shape), "shape_b": list(b.shape)}
-    cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)
-    return {
-        "max_abs": float((a - b).abs().max()),
-        "max_rel_to_max": float((a - b).abs().max() / b.abs().max().clamp_min(1e-30)),
-        "min_token_cosine": float(cos.min()),
-    }
+def _count_tower_calls(vt):
+    counter = {"n": 0}
+    vt.encoder.register_forward_hook(lambda *a: counter.__setitem__("n", counter["n"] + 1))
+    return counter
 
 
-def _hf_tower(torch, cfg, vt, device):
-    """transformers' Gemma4VisionModel with the weights of sglang tower ``vt`` (float32)."""
-    from transformers.models.gemma4.modeling_gemma4 import Gemma4VisionModel
-
-    cfg = cfg.__class__.from_dict(cfg.to_dict())
-    cfg._attn_implementation = "sdpa"
-    hf = Gemma4VisionModel(cfg).to(device, torch.float32).eval()
-    src = {k: v.float() for k, v in vt.state_dict().items()}
-    hd, nh, nkv = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
-    mapped, missing = {}, []
-    for key in hf.state_dict():
-        k = key
-        if ".q_proj." in k or ".k_proj." in k or ".v_proj." in k:
-            base = k.split(".self_attn.")[0] + ".self_attn.qkv.qkv_proj.weight"
-            w = src[base]
-            q, kk, v = w.split([nh * hd, nkv * hd, nkv * hd])
-            mapped[key] = {"q": q, "k": kk, "v": v}[k.split(".self_attn.")[1][0]]
-        elif ".gate_proj." in k or ".up_proj." in k:
-            base = k.split(".mlp.")[0] + ".mlp.gate_up.gate_up_proj.weight"
-            gate, up = src[base].chunk(2)
-            mapped[key] = gate if ".gate_proj." in k else up
-        elif k in src:
-            mapped[key] = src[k]
-        else:
-            missing.append(key)
-    real_missing = [m for m in missing if not m.endswith(("_min", "_max", "inv_freq"))]
-    if real_missing:
-        raise RuntimeError(f"unmapped transformers weights: {real_missing[:5]}")
-    hf.load_state_dict(mapped, strict=False)
-    return hf
+def _probe_backend(torch, eng, backend, dtype):
+    """None if ``backend`` runs here, else why not (e.g. the fa3 ops are missing)."""
+    try:
+        vt = eng.tower("e2b", backend, dtype)
+        ev = eng.embedder("e2b", dtype)
+        host = eng.host("e2b", vt, ev, dtype)
+        with torch.no_grad():
+            out = _flat(torch, host.get_image_feature(_items(torch, [(3, 3)], eng.device, quick=eng.quick)))
+        if eng.device.type == "cuda":
+            torch.cuda.synchronize()
+        if not torch.isfinite(out.float()).all():
+            return "non-finite output"
+        return None
+    except Exception as exc:  # report, skip the backend's rows
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
 
 
-def run(args):
+def worker(args):
+    os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")  # float32 parity arms: IEEE dots in the Triton kernel
     import torch
 
-    os.environ["BENCH_VISION_BACKEND"] = args.backend
-    # float32 parity only: IEEE float32 dots in the Triton attention kernel instead of TF32
-    os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")
     device = torch.device(args.device)
-    _build_package(os.path.abspath(args.files))
-    up_mod = _load("gemma4_vision_upstream", os.path.join(args.files, "upstream/srt/models/gemma4_vision.py"))
-    import sglang.srt.models.gemma4_vision as pt_mod
-    import sglang.srt.models.gemma4_vision_batching as vb
+    eng = Engine(device, args.quick)
+    bf16 = torch.bfloat16 if device.type == "cuda" else torch.float32
+    out = {"engine": args.engine, "rows": [], "parity": [], "skipped": {}, "meta": {}}
+    import importlib.metadata as md
 
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    towers = ["e2b", "large"] if not args.quick else ["e2b"]
-    results = {"rows": [], "parity": {}, "estimate": []}
+    out["meta"] = {"sglang": md.version("sglang"), "torch": torch.__version__,
+                   "transformers": md.version("transformers"), "python": platform.python_version()}
+    try:
+        out["meta"]["triton"] = md.version("triton")
+    except md.PackageNotFoundError:
+        pass
+    try:
+        from sglang.srt import gemma4_series
+
+        manifest = gemma4_series.load_manifest()
+        out["meta"]["series_commit"] = (manifest or {}).get("series_commit")
+        out["meta"]["series_version"] = (manifest or {}).get("version")
+    except ImportError:
+        out["meta"]["series_commit"] = None  # stock sglang
+    backends = [b for b in args.backends.split(",") if b]
+    usable = []
+    for b in backends:
+        why = _probe_backend(torch, eng, b, bf16)
+        if why is None:
+            usable.append(b)
+        else:
+            out["skipped"][b] = why
+            print(f"[{args.engine}] skipping {b}: {why}", flush=True)
+    towers = args.towers.split(",")
+    workloads = WORKLOADS[:2] if args.quick else WORKLOADS
     for tower in towers:
-        cfg = _vision_config(tower)
-        if args.quick:
-            cfg.num_hidden_layers = 2
-        gen = torch.Generator().manual_seed(0)
-        vt_up = _random_tower(torch, up_mod, cfg, device, dtype, gen)
-        vt_pt = pt_mod.Gemma4VisionEncoder(cfg).to(device, dtype).eval()
-        vt_pt.load_state_dict(vt_up.state_dict())
-        assert vt_pt.encoder.layers[0].self_attn.backend_name == args.backend
-        embed = Embedder(torch, cfg.hidden_size, TEXT_HIDDEN[tower], cfg.rms_norm_eps, device, dtype, gen)
-
-        def items_for(grids):
-            import types
-
-            return [
-                types.SimpleNamespace(feature=pv[None], image_position_ids=pp[None])
-                for pv, pp in (_image(torch, r, c, gen, device) for r, c in grids)
-            ]
-
-        def patched(items):
-            return vb.encode_vision_items(items, kind="image", position_attr="image_position_ids",
-                                          vision_tower=vt_pt, embed_vision=embed,
-                                          text_hidden_size=TEXT_HIDDEN[tower], dtype=dtype)
-
-        def upstream(items):
-            return upstream_get_image_feature(torch, vt_up, embed, items, dtype)
-
-        workloads = [("480x480 x1", [(30, 30)]), ("480x480 x6", [(30, 30)] * 6),
-                     ("480x480 x24", [(30, 30)] * 24), ("mixed x6", MIXED)]
-        if args.quick:
-            workloads = workloads[:2]
-        with torch.no_grad():
-            for wname, grids in workloads:
-                items = items_for(grids)
-                for _ in range(args.warmup):
-                    upstream(items)
-                    patched(items)
-                t_up, t_pt, m_up, m_pt = [], [], [], []
-                for _ in range(args.reps):  # interleaved, so drift hits both arms alike
-                    dt, pk = _time(torch, lambda: upstream(items), device)
-                    t_up.append(dt)
-                    m_up.append(pk)
-                    dt, pk = _time(torch, lambda: patched(items), device)
-                    t_pt.append(dt)
-                    m_pt.append(pk)
-                n = len(items)
-                valid = sum(r * c for r, c in grids)
-                row = {
-                    "tower": tower, "workload": wname, "images": n, "valid_patches": valid,
-                    "upstream_ms": 1e3 * statistics.median(t_up), "patched_ms": 1e3 * statistics.median(t_pt),
-                    "upstream_ms_all": [round(1e3 * x, 3) for x in t_up],
-                    "patched_ms_all": [round(1e3 * x, 3) for x in t_pt],
-                    "upstream_peak_mib": max(m_up) / 2**20, "patched_peak_mib": max(m_pt) / 2**20,
-                }
-                row["upstream_img_s"] = n / (row["upstream_ms"] / 1e3)
-                row["patched_img_s"] = n / (row["patched_ms"] / 1e3)
-                row["speedup"] = row["upstream_ms"] / row["patched_ms"]
-                results["rows"].append(row)
-                per_tok = vb.encoder_bytes_per_token(cfg, dtype, torch.float32)
-                results["estimate"].append({"tower": tower, "workload": wname, "bytes_per_token": per_tok,
-                                            "estimated_mib": per_tok * valid / 2**20,
-                                            "measured_patched_peak_mib": row["patched_peak_mib"]})
-                print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v)
-                                  for k, v in row.items() if not k.endswith("_all")}), flush=True)
-
-            # parity.  float32 copies of both towers on the same weights are the references.
-            vt32 = pt_mod.Gemma4VisionEncoder(cfg).to(device, torch.float32).eval()
-            vt32.load_state_dict({k: v.float() for k, v in vt_up.state_dict().items()})
-            up32 = up_mod.Gemma4VisionEncoder(cfg).to(device, torch.float32).eval()
-            up32.load_state_dict(vt32.state_dict())
-            embed32 = Embedder(torch, cfg.hidden_size, TEXT_HIDDEN[tower], cfg.rms_norm_eps, device,
-                               torch.float32, gen)
-            embed32.weight = embed.weight.float()
-            # (a) images without padding patches, where the 0.5.23 path is exact
-            full = items_for([(42, 60), (30, 30)])
-            full[1].feature = full[1].feature[:, :900]
-            full[1].image_position_ids = full[1].image_position_ids[:, :900]
-            ref32 = upstream_get_image_feature(torch, up32, embed32, full, torch.float32)
-            pt32 = torch.cat(vb.encode_vision_items(
-                full, kind="image", position_attr="image_position_ids", vision_tower=vt32,
-                embed_vision=embed32, text_hidden_size=TEXT_HIDDEN[tower], dtype=torch.float32))
-            par = {
-                "fp32_patched_vs_upstream_no_padding": _compare(torch, pt32, ref32),
-                f"{str(dtype)[6:]}_patched_vs_fp32_reference_no_padding": _compare(torch, torch.cat(patched(full)), ref32),
-                f"{str(dtype)[6:]}_upstream_vs_fp32_reference_no_padding": _compare(torch, upstream(full), ref32),
-            }
-            # (b) padded 480x480 and 384x528 images: soft tokens vs transformers' Gemma4VisionModel
-            padded = items_for([(30, 30), (24, 33)])
-            pv = torch.cat([it.feature for it in padded]).float()
-            pp = torch.cat([it.image_position_ids for it in padded]).to(device)
-            soft = vb.encode_segments(vt32, vb.plan_items(
-                padded, kind="image", position_attr="image_position_ids", text_hidden_size=-1,
-                patch_pixels=768, pooling_kernel_size=3, position_table_size=10240).segments,
-                dtype=torch.float32)
-            pooled, mask = up32(pv, pp)
+        # (a) parity on padded images
+        items = _items(torch, PARITY_IMAGES, device, seed0=7, quick=args.quick)
+        vt32 = eng.tower(tower, "triton_attn", torch.float32) if "triton_attn" in usable else None
+        ev32 = eng.embedder(tower, torch.float32)
+        ref_soft = ref_emb = None
+        if vt32 is not None:
             try:
-                hf = _hf_tower(torch, cfg, vt32, device)
-                hf_out = hf(pixel_values=pv, pixel_position_ids=pp).last_hidden_state
-                par["fp32_patched_vs_transformers_padded"] = _compare(torch, soft, hf_out)
-                par["fp32_upstream_vs_transformers_padded"] = _compare(torch, pooled[mask], hf_out)
-                par["transformers_version"] = __import__("transformers").__version__
-            except Exception as exc:  # report, do not lose the timings
-                par["fp32_vs_transformers_error"] = f"{type(exc).__name__}: {exc}"
-            par["fp32_patched_vs_upstream_padded"] = _compare(torch, soft, pooled[mask])
-            del vt32, up32
-            results["parity"][tower] = par
-            print(json.dumps({tower: par}), flush=True)
-        del vt_up, vt_pt
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    results["meta"] = {
-        "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__, "python": platform.python_version(),
-        "backend": args.backend, "dtype": str(dtype), "reps": args.reps, "warmup": args.warmup,
-        "budget_mib": float(os.environ.get(vb.BUDGET_ENV) or vb.DEFAULT_BUDGET_MB),
-        "commit": args.commit,
-    }
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "vision_bench.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    with open(os.path.join(args.out, "vision_bench.md"), "w") as f:
-        f.write(render_markdown(results))
-    print(render_markdown(results))
+                ref_soft, ref_emb = _hf_reference(torch, eng, tower, vt32, ev32, items)
+            except Exception as exc:
+                out["skipped"][f"transformers reference ({tower})"] = f"{type(exc).__name__}: {exc}"
+        arms = ([("float32", "triton_attn", vt32)] if vt32 is not None else []) + [
+            (str(bf16).replace("torch.", ""), b, None) for b in usable
+        ]
+        for dtype_name, backend, vt in arms:
+            dtype = getattr(torch, dtype_name)
+            vt = vt if vt is not None else eng.tower(tower, backend, dtype)
+            ev = ev32 if dtype == torch.float32 else eng.embedder(tower, dtype)
+            with torch.no_grad():
+                soft = _flat(torch, eng.host(tower, vt, _identity, dtype).get_image_feature(items))
+                emb = _flat(torch, eng.host(tower, vt, ev, dtype).get_image_feature(items))
+            if ref_soft is not None:
+                for what, got, ref in (("soft tokens before the embedder", soft, ref_soft),
+                                       ("embeddings after the embedder", emb, ref_emb)):
+                    out["parity"].append({"tower": tower, "backend": backend, "dtype": dtype_name,
+                                          "compared": what, **_compare(torch, got, ref)})
+            del vt
+        del vt32, ev32
+        # (b) timing, bfloat16, each backend
+        for backend in usable:
+            vt = eng.tower(tower, backend, bf16)
+            ev = eng.embedder(tower, bf16)
+            host = eng.host(tower, vt, ev, bf16)
+            calls = _count_tower_calls(vt)
+            for wname, grids in workloads:
+                items = _items(torch, grids, device, quick=args.quick)
+                with torch.no_grad():
+                    for _ in range(args.warmup):
+                        host.get_image_feature(items)
+                    times, peaks = [], []
+                    calls["n"] = 0
+                    for _ in range(args.reps):
+                        dt, pk = _time_call(torch, lambda h=host, it=items: h.get_image_feature(it), device)
+                        times.append(dt)
+                        peaks.append(pk)
+                med = statistics.median(times)
+                valid = sum(int((it.image_position_ids != -1).any(-1).sum()) for it in items)
+                row = {"tower": tower, "backend": backend, "workload": wname, "images": len(grids),
+                       "dtype": str(bf16).replace("torch.", ""), "valid_patches": valid, "median_ms": 1e3 * med,
+                       "all_ms": [round(1e3 * t, 3) for t in times], "img_s": len(grids) / med,
+                       "peak_mib": max(peaks) / 2**20, "tower_calls_per_call": calls["n"] / args.reps}
+                out["rows"].append(row)
+                print(f"[{args.engine}] {tower} {backend} {wname}: {row['median_ms']:.2f} ms "
+                      f"({row['tower_calls_per_call']:g} tower calls)", flush=True)
+            del vt, ev, host
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    out["meta"]["device"] = torch.cuda.get_device_name() if device.type == "cuda" else (platform.processor() or "cpu")
+    with open(args.json, "w") as f:
+        json.dump(out, f, indent=1)
+
+
+# ================================================================================================= driver
+
+
+def _git_head(cwd):
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def _slug(device_name):
+    low = device_name.lower()
+    for tag in ("h200", "h100", "h20", "b200", "a100", "l40s"):
+        if tag in low:
+            return tag
+    return "cpu" if "nvidia" not in low else low.replace("nvidia", "").strip().replace(" ", "-")[:20]
+
+
+def run_engine(python, engine, args, tmp):
+    path = os.path.join(tmp, f"{engine}.json")
+    cmd = [python, os.path.abspath(__file__), "worker", "--engine", engine, "--json", path, "--device",
+           args.device, "--backends", args.backends, "--towers", args.towers, "--reps", str(args.reps),
+           "--warmup", str(args.warmup)] + (["--quick"] if args.quick else [])
+    t0 = time.time()
+    proc = subprocess.run(cmd, text=True, timeout=args.timeout)
+    if proc.returncode != 0 or not os.path.exists(path):
+        raise SystemExit(f"error: the {engine} engine ({python}) failed with exit status {proc.returncode}")
+    with open(path) as f:
+        res = json.load(f)
+    res["meta"]["wall_s"] = round(time.time() - t0, 1)
+    return res
 
 
 def render_markdown(res):
     m = res["meta"]
+    up, pt = res["engines"]["upstream"], res["engines"]["patched"]
     lines = [
-        "# Gemma-4 vision encoder: 0.5.23 per-image path vs packed encoder (patch 0010)",
+        "# Gemma-4 vision encoder on the real engines: sglang 0.5.23 vs the series, fa3 and triton_attn",
         "",
-        f"Device: {m['device']}; date {m['date_utc']} UTC; series commit {m['commit']}; torch {m['torch']}; "
-        f"{m['dtype']}; vision attention backend `{m['backend']}` in both arms; median of {m['reps']} "
-        f"interleaved calls after {m['warmup']} warm-up calls; chunk budget {m['budget_mib']:g} MiB (capped at half the free device memory).",
+        f"Device: {m['device']}; date {m['date_utc']} UTC; series commit {m['commit']} "
+        f"({m['commit_source']}); engines: stock sglang {up['meta']['sglang']}, patched {pt['meta']['sglang']}; "
+        f"torch {pt['meta']['torch']}, triton {pt['meta'].get('triton', '?')}, transformers "
+        f"{pt['meta']['transformers']}; median of {m['reps']} calls after {m['warmup']} warm-up calls; "
+        f"chunk budget: the default ({m['budget']})."
+        + (" **Quick harness run (tiny towers), not a measurement.**" if m["quick"] else ""),
         "",
-        "| tower | workload | valid patches | upstream ms | patched ms | upstream img/s | patched img/s "
-        "| speed-up | upstream peak MiB | patched peak MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"Command: `{m['command']}` (wall time {m['wall_s']} s).",
+        "",
     ]
-    for r in res["rows"]:
+    for eng, r in (("stock", up), ("patched", pt)):
+        for backend, why in r["skipped"].items():
+            lines.append(f"- skipped on the {eng} engine: {backend}: {why}")
+    dtype = pt["rows"][0]["dtype"] if pt["rows"] else "bfloat16"
+    lines += ["", f"## Vision encoder call (get_image_feature: tower + pooling + embed_vision), {dtype}", "",
+              "| tower | backend | workload | valid patches | 0.5.23 ms | patched ms | 0.5.23 img/s | patched img/s "
+              "| speed-up | patched tower calls | peak MiB 0.5.23 / patched |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    index = {(r["tower"], r["backend"], r["workload"]): r for r in up["rows"]}
+    for p in pt["rows"]:
+        u = index.get((p["tower"], p["backend"], p["workload"]))
+        if u is None:
+            continue
         lines.append(
-            f"| {r['tower']} | {r['workload']} | {r['valid_patches']} | {r['upstream_ms']:.2f} | "
-            f"{r['patched_ms']:.2f} | {r['upstream_img_s']:.1f} | {r['patched_img_s']:.1f} | "
-            f"{r['speedup']:.2f}x | {r['upstream_peak_mib']:.1f} | {r['patched_peak_mib']:.1f} |"
-        )
-    lines += ["", "Peak = max_memory_allocated during the call minus memory allocated before it "
-              "(weights and inputs excluded).", "", "## Parity", ""]
-    for tower, par in res["parity"].items():
-        for k, v in par.items():
-            lines.append(f"- {tower} {k}: {v}")
-    lines += ["", "## Chunk-size estimate vs measured (patched)", "",
-              "| tower | workload | bytes/token | estimated MiB | measured peak MiB |", "|---|---|---|---|---|"]
-    for e in res["estimate"]:
-        lines.append(f"| {e['tower']} | {e['workload']} | {e['bytes_per_token']} | {e['estimated_mib']:.1f} | "
-                     f"{e['measured_patched_peak_mib']:.1f} |")
-    return "\n".join(lines) + "\n"
+            f"| {p['tower']} | {p['backend']} | {p['workload']} | {p['valid_patches']} | {u['median_ms']:.2f} | "
+            f"{p['median_ms']:.2f} | {u['img_s']:.1f} | {p['img_s']:.1f} | {u['median_ms'] / p['median_ms']:.2f}x | "
+            f"{p['tower_calls_per_call']:g} | {u['peak_mib']:.1f} / {p['peak_mib']:.1f} |")
+    lines += ["", "Peak = max_memory_allocated during the call minus memory allocated before it (weights and "
+              "inputs excluded). 0.5.23 makes one tower call per image.", "",
+              "## Parity against transformers (padded images: 480x480 and 384x528, 900 and 792 of 2520 patches "
+              "valid)", "",
+              "Reference: transformers' Gemma4VisionModel + Gemma4MultimodalEmbedder, float32, same weights. "
+              "\"soft tokens before the embedder\": the tower's pooled, scaled and standardized output (the "
+              "engine's get_image_feature with an identity embed_vision); \"embeddings after the embedder\": what "
+              "get_image_feature returns. max rel = max |engine - reference| / max |reference|.", "",
+              "| tower | engine | backend | dtype | compared | max abs | max rel | min token cosine |",
+              "|---|---|---|---|---|---|---|---|"]
+    for eng, r in (("0.5.23", up), ("patched", pt)):
+        for row in r["parity"]:
+            if "max_abs" not in row:
+                lines.append(f"| {row['tower']} | {eng} | {row['backend']} | {row['dtype']} | {row['compared']} | "
+                             f"shape {row['shape']} vs {row['reference_shape']} | | |")
+                continue
+            lines.append(f"| {row['tower']} | {eng} | {row['backend']} | {row['dtype']} | {row['compared']} | "
+                         f"{row['max_abs']:.3g} | {row['max_rel_to_max']:.3g} | {row['min_token_cosine']:.6f} |")
+    lines += ["", "Towers: e2b = 768 x 16 layers, 12 x 64 heads, MLP 3072; large = 1152 x 27 layers, 16 x 72 "
+              "heads, MLP 4304 (26B/31B size, assumed head split). Random weights seeded per tensor name, the same "
+              "in both engines; q/k norm weights near 0.35 so the random tower is well conditioned.", ""]
+    return "\n".join(lines)
 
 
-def main():
+def driver(args):
+    t0 = time.time()
+    os.makedirs(args.out, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        upstream = run_engine(args.upstream_python, "upstream", args, tmp)
+        patched = run_engine(args.patched_python, "patched", args, tmp)
+    if patched["meta"].get("series_commit") is None and patched["meta"].get("series_version") is None:
+        print("warning: the --patched-python engine has no Gemma-4 series manifest", file=sys.stderr)
+    head = _git_head(os.path.dirname(os.path.abspath(__file__)))
+    commit, source = (head, "git checkout") if head else (
+        patched["meta"].get("series_commit") or "unknown", "series manifest of the patched engine")
+    res = {
+        "meta": {"device": patched["meta"]["device"],
+                 "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+                 "commit": commit, "commit_source": source,
+                 "series_commit_of_patched_engine": patched["meta"].get("series_commit"),
+                 "reps": args.reps, "warmup": args.warmup, "quick": args.quick,
+                 "budget": os.environ.get("SGLANG_GEMMA4_VISION_ENCODER_BUDGET_MB", "512") + " MiB",
+                 "command": " ".join([os.path.basename(sys.executable)] + sys.argv[0:1] + sys.argv[1:]),
+                 "wall_s": round(time.time() - t0, 1)},
+        "engines": {"upstream": upstream, "patched": patched},
+    }
+    name = f"vision_fa3_{_slug(res['meta']['device'])}" + ("_quick" if args.quick else "")
+    with open(os.path.join(args.out, name + ".json"), "w") as f:
+        json.dump(res, f, indent=1)
+    md_text = render_markdown(res)
+    with open(os.path.join(args.out, name + ".md"), "w") as f:
+        f.write(md_text)
+    print(md_text)
+    print(f"wrote {os.path.join(args.out, name)}.json/.md in {res['meta']['wall_s']} s")
+
+
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("prepare", help="extract the real sglang files to carry")
-    p.add_argument("--wheel", required=True)
-    p.add_argument("--patched-tree", required=True, help="a patched tree's python/ folder (has sglang/)")
-    p.add_argument("--dest", required=True)
-    r = sub.add_parser("run", help="run both arms and write vision_bench.{json,md}")
-    r.add_argument("--files", required=True)
-    r.add_argument("--out", required=True)
-    r.add_argument("--device", default="cuda")
-    r.add_argument("--backend", default="triton_attn", choices=["triton_attn", "sdpa"])
-    r.add_argument("--reps", type=int, default=9)
-    r.add_argument("--warmup", type=int, default=3)
-    r.add_argument("--quick", action="store_true", help="2-layer tower, 2 workloads (harness check)")
-    r.add_argument("--commit", default=os.environ.get("BENCH_COMMIT", "unknown"))
-    args = ap.parse_args()
-    prepare(args) if args.cmd == "prepare" else run(args)
+    sub = ap.add_subparsers(dest="cmd")
+    w = sub.add_parser("worker", help="(internal) one engine's measurements")
+    w.add_argument("--engine", required=True, choices=["upstream", "patched"])
+    w.add_argument("--json", required=True)
+    for p in (ap, w):
+        p.add_argument("--device", default="cuda")
+        p.add_argument("--backends", default=",".join(BACKENDS))
+        p.add_argument("--towers", default="e2b,large")
+        p.add_argument("--reps", type=int, default=5)
+        p.add_argument("--warmup", type=int, default=1)
+        p.add_argument("--quick", action="store_true", help="tiny towers, two workloads: harness check only")
+    ap.add_argument("--upstream-python", default="/tmp/py-upstream")
+    ap.add_argument("--patched-python", default="/tmp/py-patched")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--timeout", type=int, default=900, help="seconds allowed per engine")
+    args = ap.parse_args(argv)
+    if args.cmd == "worker":
+        worker(args)
+        return 0
+    if not args.out:
+        ap.error("--out is required")
+    driver(args)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -102,7 +102,7 @@ def _fa4_backend():
     return backend
 
 
-def _forward_batch(prefix=0):
+def _forward_batch(prefix=0, items=None):
     from sglang.srt.model_executor.forward_batch_info import ForwardMode
 
     return types.SimpleNamespace(
@@ -112,7 +112,7 @@ def _forward_batch(prefix=0):
         extend_prefix_lens=torch.tensor([prefix]),
         extend_seq_lens_cpu=[L - prefix],
         extend_prefix_lens_cpu=[prefix],
-        mm_inputs=[types.SimpleNamespace(mm_items=_items())],
+        mm_inputs=[types.SimpleNamespace(mm_items=_items() if items is None else items)],
     )
 
 
@@ -241,3 +241,117 @@ def test_fa4_nothing_installed_without_the_flag(monkeypatch):
     _prepare(monkeypatch, backend, None)
     assert backend.forward_metadata.image_token_ranges is None
     assert backend.forward_extend is backend.recorder  # not wrapped
+
+
+# --------------------------------------------------------------------------- diffusion and unified models
+# gemma4_unified.py inherits prepare_attn_masks; gemma4_diffusion.py calls
+# Gemma4ForConditionalGeneration.prepare_attn_masks(self, ...) with its own model as self.
+
+
+def _image_items():
+    from sglang.srt.managers.schedule_batch import Modality, MultimodalDataItem
+
+    return [
+        MultimodalDataItem(modality=Modality.IMAGE, offsets=list(IMAGE)),
+        MultimodalDataItem(modality=Modality.AUDIO, offsets=list(AUDIO)),
+    ]
+
+
+def upstream_0523_masks():
+    """sglang 0.5.23's image mask, which its backends apply to every layer: causal OR same image span."""
+    mask = torch.ones(L, L, dtype=torch.bool).tril()
+    for b, e in IMAGE:
+        mask[b : e + 1, b : e + 1] = True
+    return {"sliding_attention": mask & _window(), "full_attention": mask}
+
+
+def hf_block_masks_all_layers():
+    """transformers' create_masks_for_generate with block_sequence_ids (what Gemma4UnifiedModel.forward and
+    DiffusionGemmaEncoderModel.create_masks_for_generate build for "vision"): the overlay on every layer type."""
+    from transformers import Gemma4TextConfig
+    from transformers.masking_utils import create_masks_for_generate
+    from transformers.models.gemma4.modeling_gemma4 import get_block_sequence_ids_for_mask
+
+    cfg = Gemma4TextConfig(
+        hidden_size=16, num_hidden_layers=2, num_attention_heads=1, num_key_value_heads=1, head_dim=16,
+        layer_types=["sliding_attention", "full_attention"], sliding_window=WINDOW,
+        use_bidirectional_attention="vision",
+    )
+    cfg._attn_implementation = "sdpa"
+    types_ = torch.zeros(1, L, dtype=torch.long)
+    for code, spans in ((1, IMAGE), (3, AUDIO)):
+        for b, e in spans:
+            types_[0, b : e + 1] = code
+    masks = create_masks_for_generate(
+        config=cfg, inputs_embeds=torch.zeros(1, L, 16), attention_mask=torch.ones(1, L, dtype=torch.long),
+        past_key_values=None, position_ids=torch.arange(L)[None],
+        block_sequence_ids=get_block_sequence_ids_for_mask(types_, torch.device("cpu")),
+    )
+    causal = torch.ones(L, L, dtype=torch.bool).tril()
+    return {k: causal if v is None else v[0, 0] for k, v in masks.items()}
+
+
+def _family_config(family, setting="default"):
+    from transformers import DiffusionGemmaConfig, Gemma4UnifiedConfig
+
+    cls = {"unified": Gemma4UnifiedConfig, "diffusion": DiffusionGemmaConfig}[family]
+    if setting == "default":
+        return cls()
+    return cls(text_config={"use_bidirectional_attention": setting})
+
+
+def _prepare_family(monkeypatch, backend, family, config):
+    from sglang.srt.models import gemma4_mm, gemma4_unified
+
+    monkeypatch.setattr(gemma4_mm, "get_attn_backend", lambda: backend)
+    model = types.SimpleNamespace(config=config)
+    method = {
+        "unified": gemma4_unified.Gemma4UnifiedForConditionalGeneration.prepare_attn_masks,
+        "diffusion": gemma4_mm.Gemma4ForConditionalGeneration.prepare_attn_masks,  # as gemma4_diffusion calls it
+    }[family]
+    method(model, _forward_batch(items=_image_items()), torch.zeros(L, dtype=torch.long), torch.bool)
+
+
+def test_family_defaults_of_the_configs():
+    from sglang.srt.models.gemma4_mm_mask_scope import vision_mask_layers
+
+    # what the real configs say by default: unified asks for the vision mask, diffusion does not
+    assert vision_mask_layers(_family_config("unified")) == "all"
+    assert vision_mask_layers(_family_config("diffusion")) is None
+    assert vision_mask_layers(_family_config("diffusion", "vision")) == "all"
+    from transformers import Gemma4Config
+
+    assert vision_mask_layers(Gemma4Config(text_config={"use_bidirectional_attention": "vision"})) == "sliding"
+    assert vision_mask_layers(Gemma4Config()) is None
+
+
+@pytest.mark.parametrize("family, setting", [("unified", "default"), ("diffusion", "vision")])
+def test_unified_and_diffusion_masks_equal_0523_when_the_config_asks(monkeypatch, family, setting):
+    backend = _triton_backend()
+    _prepare_family(monkeypatch, backend, family, _family_config(family, setting))
+    up, hf = upstream_0523_masks(), hf_block_masks_all_layers()
+    assert torch.equal(up["sliding_attention"], hf["sliding_attention"])
+    assert torch.equal(up["full_attention"], hf["full_attention"])
+    for layer, key in ((SLIDING, "sliding_attention"), (FULL, "full_attention")):
+        assert torch.equal(_effective(backend, layer), up[key]), (family, key)
+    assert backend.forward_extend is backend.recorder  # never scoped to sliding layers
+
+
+@pytest.mark.parametrize("family", ["unified", "diffusion"])
+def test_unified_and_diffusion_fa4_ranges_on_every_layer(monkeypatch, family):
+    backend = _fa4_backend()
+    _prepare_family(monkeypatch, backend, family, _family_config(family, "vision"))
+    ranges = backend.forward_metadata.image_token_ranges
+    assert ranges[4].tolist() == [3, 6] and ranges[15].tolist() == [-1, -1]
+    backend.forward_extend(None, None, None, FULL, None)
+    assert backend.recorder.seen[-1][1] is ranges
+
+
+@pytest.mark.parametrize("family, setting", [("diffusion", "default"), ("unified", None)])
+def test_unified_and_diffusion_causal_when_the_config_does_not_ask(monkeypatch, family, setting):
+    # transformers builds no block overlay without "vision"; 0.5.23 applied the image mask regardless
+    backend = _triton_backend()
+    _prepare_family(monkeypatch, backend, family, _family_config(family, setting))
+    assert backend.forward_metadata.custom_mask is None
+    causal = torch.ones(L, L, dtype=torch.bool).tril()
+    assert torch.equal(_effective(backend, FULL), causal)

@@ -373,3 +373,30 @@ def test_untracked_unclaimed_file_is_ignored_with_warning_but_tracked_one_fails(
     proc = run(root, "check", wheel=wheel)
     assert proc.returncode == 1
     assert "python/sglang/srt/wip.py is claimed by no patch" in one_error_line(proc)
+
+
+def _built_manifest(root: Path, wheel: Path) -> dict:
+    import json
+
+    proc = run(root, "build", "--out", "dist", wheel=wheel)
+    assert proc.returncode == 0, proc.stderr
+    with zipfile.ZipFile(proc.stdout.strip()) as zf:
+        return json.loads(zf.read("sglang/srt/gemma4_series.json"))
+
+
+def test_build_records_the_series_commit(project):
+    root, wheel = project
+    assert _built_manifest(root, wheel)["series_commit"] == "unknown"  # not a git checkout
+    git(root, "init", "-q", "-b", "main")
+    (root / ".gitignore").write_text("dist/\n")
+    git(root, "-c", "user.name=u", "-c", "user.email=u@example.com", "add", "-A")
+    git(root, "-c", "user.name=u", "-c", "user.email=u@example.com", "commit", "-qm", "init")
+    head = git(root, "rev-parse", "--short", "HEAD").strip()
+    assert _built_manifest(root, wheel)["series_commit"] == head
+    (root / "notes.txt").write_text("outside patches/ and python/\n")
+    assert _built_manifest(root, wheel)["series_commit"] == head
+    (root / "python/sglang/srt/newmod.py").write_text("VALUE = 43\n")
+    assert _built_manifest(root, wheel)["series_commit"] == f"{head}-dirty"
+    git(root, "checkout", "-q", "--", "python")
+    (root / "patches/series").write_text("0001-good.patch\n# comment\n")
+    assert _built_manifest(root, wheel)["series_commit"] == f"{head}-dirty"

@@ -13,22 +13,27 @@
 # ==============================================================================
 """Where the Gemma-4 language model attends bidirectionally within an image.
 
-transformers' Gemma-4 (``Gemma4Model.forward`` / ``create_masks_for_vision_model``)
-uses plain causal attention on every layer unless
-``text_config.use_bidirectional_attention == "vision"`` (the 26B-A4B and 31B
-checkpoints; E2B / E4B leave it unset).  When it is set, only the
-sliding-window layers get ``causal OR same vision block`` (a vision block is a
-maximal run of image or video soft tokens, ``mm_token_type_ids`` 1 or 2); the
-full-attention layers stay causal.
+transformers' Gemma-4 family uses plain causal attention on every layer unless
+``text_config.use_bidirectional_attention == "vision"``.  When it is set,
+tokens of one vision block (a maximal run of image or video soft tokens,
+``mm_token_type_ids`` 1 or 2) also see each other, on these layers:
 
-sglang 0.5.23 installs the image mask for every Gemma-4 variant, and the
-Triton and FA4 backends apply it to every layer.  This module decides whether
-the mask is wanted, lists the vision blocks of a request, and limits the
-installed mask to sliding-window layers: the prefill backend's
-``forward_extend`` hides exactly the mask tensors installed here while it runs
-a full-attention layer (``sliding_window_size`` < 0), so those layers take the
-plain causal path.  Other masks (e.g. speculative-decoding trees) are never
-touched.
+* gemma4 (``Gemma4Model.forward`` / ``create_masks_for_vision_model``): the
+  sliding-window layers only; full-attention layers stay causal.  The 26B-A4B
+  and 31B checkpoints set the flag, E2B / E4B leave it unset.
+* gemma4_unified (``Gemma4UnifiedModel.forward``) and diffusion_gemma
+  (``DiffusionGemmaEncoderModel.create_masks_for_generate``): every layer, via
+  ``create_masks_for_generate(block_sequence_ids=...)``, the mask sglang 0.5.23
+  builds.  Their configs default to "vision" (unified) and unset (diffusion).
+
+sglang 0.5.23 installs the image mask for every variant and the Triton and FA4
+prefill backends apply it to every layer.  This module decides whether the
+mask is wanted and on which layers, lists the vision blocks of a request, and
+limits an installed mask to sliding-window layers where the family asks for
+that: the prefill backend's ``forward_extend`` hides exactly the mask tensors
+installed here while it runs a full-attention layer (``sliding_window_size``
+< 0), so those layers take the plain causal path.  Other masks (e.g.
+speculative-decoding trees) are never touched.
 """
 
 from __future__ import annotations
@@ -42,9 +47,28 @@ _MASK_ATTRS = ("custom_mask", "image_token_ranges")
 _INSTALLED = "_gemma4_image_mask_scope"
 
 
+# Layers that get the vision-block mask, per model family (config.model_type),
+# when its text config asks for it.  Families not listed follow gemma4.
+SLIDING_LAYERS, ALL_LAYERS = "sliding", "all"
+_LAYERS_BY_MODEL_TYPE = {
+    "gemma4": SLIDING_LAYERS,
+    "gemma4_unified": ALL_LAYERS,
+    "diffusion_gemma": ALL_LAYERS,
+}
+
+
 def wants_vision_bidirectional(text_config: Any) -> bool:
     """True when the checkpoint asks for bidirectional attention within images."""
     return getattr(text_config, "use_bidirectional_attention", None) == "vision"
+
+
+def vision_mask_layers(config: Any) -> Optional[str]:
+    """Where a model with this (composite) config attends bidirectionally within
+    vision blocks: None (causal everywhere), ``"sliding"`` or ``"all"``."""
+    if not wants_vision_bidirectional(getattr(config, "text_config", None)):
+        return None
+    model_type = getattr(config, "model_type", None)
+    return _LAYERS_BY_MODEL_TYPE.get(model_type, SLIDING_LAYERS)
 
 
 def vision_spans(mm_inputs: Any) -> List[Tuple[int, int]]:

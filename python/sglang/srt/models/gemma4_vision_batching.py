@@ -18,31 +18,33 @@ receive every cache-missing image (or video) of every request of a prefill
 batch in one call.  This module encodes all of them with as few vision-tower
 calls as possible and one ``embed_vision`` call, in four stages:
 
-1. plan (host only): validate every item, find the valid (non-padding) patches
-   of each image / frame from its positions, and precompute for each valid
-   patch the soft token it is pooled into.  Malformed items raise a
-   ``ValueError`` naming the item before any device work starts.
-2. encode: strip the padding patches and concatenate the valid patches of all
-   images of any resolution into one ``[tokens, hidden]`` stream with per-image
-   ``cu_seqlens``.  Attention backends that take variable-length batches
-   (fa3, fa4, triton_attn) run the whole stream in one tower call per memory
-   chunk; other backends (sdpa) get one call per group of images with the same
-   number of valid patches, which needs no padding mask at all.  Position
-   embeddings are gathered from the table rows (no one-hot matmul).
-3. pool: average the valid patches of each ``k x k`` cell in float32, scale
-   and standardize as transformers' ``Gemma4VisionModel`` does.  Padding
-   patches never reach a soft token.
-4. project: one ``embed_vision`` call over the soft tokens of all images, then
-   one tensor per item that owns its storage, in item order, with precomputed
-   embeddings passed through unchanged.
-
-Chunks are sized by a byte budget divided by the per-token transient of the
-tower, computed from its geometry (see ``encoder_bytes_per_token``).
+1. plan (host only, ``plan_items``): validate every item, find the valid
+   (non-padding) patches of each image / frame from its positions, the soft
+   token each valid patch is pooled into, and where each segment's soft tokens
+   sit in the batch (``VisionSegment.token_offset``, computed once here).
+   Malformed items raise one ``ValueError`` naming every bad item before any
+   device work starts.
+2. tower calls (``plan_tower_calls``): the segments cut into calls by a byte
+   budget that every rank of the tower's tensor-parallel group agrees on (one
+   all-reduce MIN per encoder call), so all ranks make the same calls and
+   their collectives match.  Backends that take variable-length batches (fa3,
+   fa4, triton_attn) get the valid patches of any mix of resolutions packed
+   into one stream with ``cu_seqlens``; other backends (sdpa) get one call per
+   group of equal valid length, which needs no padding mask.
+3. encode and pool: ``Gemma4VisionEncoder.forward_packed`` runs the patch
+   embedder (position embeddings gathered from the table rows) and the
+   transformer on the valid patches only; each ``k x k`` cell is averaged in
+   float32 straight into its rows of the batch's soft-token matrix, then
+   scaled and standardized as transformers' ``Gemma4VisionModel`` does.
+   Padding patches never reach a soft token.
+4. project: one ``embed_vision`` call over all soft tokens, then one tensor
+   per item, in item order, each owning its storage (precomputed embeddings
+   are copied too, as 0.5.23 did, so a cache entry never aliases a borrowed
+   input buffer).
 """
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Sequence, Tuple, Union
@@ -57,6 +59,12 @@ DEFAULT_BUDGET_MB = 512
 # Vision attention backends that take packed variable-length batches via
 # ``cu_seqlens``.  Any other backend is fed groups of equal-length images.
 VARLEN_BACKENDS = frozenset({"fa3", "fa4", "triton_attn"})
+
+# Where a MultimodalDataItem keeps the patch positions of each modality.
+POSITION_ATTR = {"image": "image_position_ids", "video": "video_position_ids"}
+
+# ``group`` default of the budget agreement: the tower's tensor-parallel group.
+TOWER_TP_GROUP = "tower-tp-group"
 
 
 # ---------------------------------------------------------------------------
@@ -88,28 +96,54 @@ def position_embeddings(
 # ---------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class VisionSegment:
     """One image or one video frame to encode."""
 
     pixels: torch.Tensor  # [P, patch_pixels], wherever the caller put it
-    valid_rows: Optional[torch.Tensor]  # CPU int64 rows of valid patches; None = prefix
+    valid_rows: Optional[torch.Tensor]  # CPU int64 rows of valid patches; None = a prefix
     positions: torch.Tensor  # [n, 2] CPU int64 positions of the valid patches
-    token_of_patch: torch.Tensor  # [n] CPU int64 soft-token index (0-based, per segment)
+    token_of_patch: torch.Tensor  # [n] CPU int64 soft token of each valid patch, 0-based
     num_tokens: int
+    token_offset: int  # row of this segment's first soft token in the batch
 
     @property
     def num_valid(self) -> int:
         return self.positions.shape[0]
 
+    @property
+    def token_stop(self) -> int:
+        return self.token_offset + self.num_tokens
+
+
+@dataclass(frozen=True)
+class PrecomputedEmbeds:
+    """A precomputed embedding passed through (copied) into the item's result."""
+
+    embeds: torch.Tensor
+
+
+@dataclass(frozen=True)
+class EncodedTokens:
+    """Rows ``[token_start, token_stop)`` of the batch's projected soft tokens."""
+
+    token_start: int
+    token_stop: int
+
+
+ItemPiece = Union[PrecomputedEmbeds, EncodedTokens]
+
 
 @dataclass
 class VisionBatchPlan:
-    """Validated inputs: segments to encode and, per item, how to assemble it."""
+    """Validated inputs: segments to encode and, per item, its pieces in order."""
 
     segments: List[VisionSegment] = field(default_factory=list)
-    # per item, in order: ("embeds", tensor) or ("segments", first, stop)
-    pieces: List[List[tuple]] = field(default_factory=list)
+    items: List[List[ItemPiece]] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.segments[-1].token_stop if self.segments else 0
 
 
 def _flatten(value) -> list:
@@ -174,7 +208,6 @@ def plan_items(
     items: Sequence[Any],
     *,
     kind: str,
-    position_attr: str,
     text_hidden_size: int,
     patch_pixels: int,
     pooling_kernel_size: int,
@@ -183,19 +216,22 @@ def plan_items(
     """Validate ``items`` and split them into per-image / per-frame segments.
 
     ``kind`` is "image" (pixel tensors ``[P, C]`` or ``[N, P, C]``) or "video"
-    (``[F, P, C]`` or ``[V, F, P, C]``; a single ``[P, C]`` frame too).  A 2-D or 3-D tensor whose last
-    dimension is ``text_hidden_size`` is a precomputed embedding and is passed
-    through.  Every problem of every item is reported in one ``ValueError``;
-    nothing is encoded when any item is malformed.
+    (``[F, P, C]`` or ``[V, F, P, C]``; a single ``[P, C]`` frame too); the
+    positions are read from ``POSITION_ATTR[kind]``.  A 2-D or 3-D tensor whose
+    last dimension is ``text_hidden_size`` is a precomputed embedding and is
+    passed through.  Every problem of every item is reported in one
+    ``ValueError``; nothing is encoded when any item is malformed.
     """
-    if kind not in ("image", "video"):
+    if kind not in POSITION_ATTR:
         raise ValueError(f"kind must be 'image' or 'video', got {kind!r}")
+    position_attr = POSITION_ATTR[kind]
     pixel_ranks = (2, 3) if kind == "image" else (2, 3, 4)
     plan = VisionBatchPlan()
     problems = []
+    tokens = 0
     for item_idx, item in enumerate(items):
-        pieces: List[tuple] = []
-        plan.pieces.append(pieces)
+        pieces: List[ItemPiece] = []
+        plan.items.append(pieces)
         features = _flatten([getattr(item, "feature", None)])
         positions = _flatten([getattr(item, position_attr, None)])
         for t_idx, pv in enumerate(features):
@@ -204,7 +240,7 @@ def plan_items(
                 if not isinstance(pv, torch.Tensor):
                     raise ValueError(f"{where}: pixel values are {type(pv).__name__}, not a tensor")
                 if pv.dim() in (2, 3) and pv.shape[-1] == text_hidden_size:
-                    pieces.append(("embeds", pv))
+                    pieces.append(PrecomputedEmbeds(pv))
                     continue
                 pp = positions[t_idx] if t_idx < len(positions) else None
                 if not isinstance(pp, torch.Tensor):
@@ -234,7 +270,7 @@ def plan_items(
                     raise ValueError(f"{where}: {position_attr} must be integer, got {pp.dtype}")
                 pv3 = pv.reshape(-1, pv.shape[-2], pv.shape[-1])
                 pp3 = pp.reshape(-1, pp.shape[-2], 2)
-                first = len(plan.segments)
+                start = tokens
                 for j in range(pv3.shape[0]):
                     sub = f"{where} {'image' if kind == 'image' else 'frame'} {j}"
                     rows, pos, tok, ntok = _plan_segment(
@@ -244,8 +280,9 @@ def plan_items(
                         table_size=position_table_size,
                         where=sub,
                     )
-                    plan.segments.append(VisionSegment(pv3[j], rows, pos, tok, ntok))
-                pieces.append(("segments", first, len(plan.segments)))
+                    plan.segments.append(VisionSegment(pv3[j], rows, pos, tok, ntok, tokens))
+                    tokens += ntok
+                pieces.append(EncodedTokens(start, tokens))
             except ValueError as exc:
                 problems.append(str(exc))
         extra = len(positions) - len(features)
@@ -263,7 +300,7 @@ def plan_items(
 
 
 # ---------------------------------------------------------------------------
-# Memory budget
+# Memory budget and tower calls
 # ---------------------------------------------------------------------------
 
 
@@ -287,8 +324,11 @@ def encoder_bytes_per_token(
       * packed pixels (source dtype and activation dtype) and the position /
         patch embeddings (2 D);
       * pooling: the float32 sum per patch (D) and the gathered rows (D);
-      * ``attention_len`` > 0 adds float32 scores of a non-fused attention
-        kernel over that many keys (the sdpa math path on CPU).
+      * ``attention_len`` > 0 adds the attention scores of a kernel that
+        materialises them (the sdpa backend, whose math fallback holds float32
+        scores of every head over that many keys: 4 x heads x attention_len).
+        The fused varlen kernels (fa3, fa4, triton_attn) tile the scores and
+        need no such term.
     """
     a = act_dtype.itemsize
     p = pixel_dtype.itemsize
@@ -306,23 +346,78 @@ def encoder_bytes_per_token(
     return int(act + rope + pixels + scores)
 
 
-def resolve_budget_bytes(device: torch.device, budget_bytes: Optional[int] = None) -> int:
-    """The byte budget of one tower call: the explicit value, else
-    ``$SGLANG_GEMMA4_VISION_ENCODER_BUDGET_MB`` (default 512 MiB); on CUDA never
-    more than half of the memory free right now."""
-    if budget_bytes is None:
-        raw = os.environ.get(BUDGET_ENV, "")
-        try:
-            mb = float(raw) if raw.strip() else DEFAULT_BUDGET_MB
-        except ValueError:
-            raise ValueError(f"{BUDGET_ENV} must be a number of MiB, got {raw!r}") from None
-        if mb <= 0:
-            raise ValueError(f"{BUDGET_ENV} must be positive, got {raw!r}")
-        budget_bytes = int(mb * (1 << 20))
+def configured_budget_bytes(budget_bytes: Optional[int] = None) -> int:
+    """The explicit budget, else ``$SGLANG_GEMMA4_VISION_ENCODER_BUDGET_MB``
+    (default 512 MiB)."""
+    if budget_bytes is not None:
+        return max(int(budget_bytes), 1)
+    raw = os.environ.get(BUDGET_ENV, "")
+    try:
+        mb = float(raw) if raw.strip() else DEFAULT_BUDGET_MB
+    except ValueError:
+        raise ValueError(f"{BUDGET_ENV} must be a number of MiB, got {raw!r}") from None
+    if mb <= 0:
+        raise ValueError(f"{BUDGET_ENV} must be positive, got {raw!r}")
+    return max(int(mb * (1 << 20)), 1)
+
+
+def free_device_bytes(device: torch.device) -> Optional[int]:
+    """Memory free on ``device`` right now (None where it is not a CUDA device)."""
     if device.type == "cuda" and torch.cuda.is_available():
-        free, _total = torch.cuda.mem_get_info(device)
-        budget_bytes = min(budget_bytes, free // 2)
-    return max(int(budget_bytes), 1)
+        return int(torch.cuda.mem_get_info(device)[0])
+    return None
+
+
+def tower_tp_cpu_group():
+    """The CPU (gloo) group of the ranks whose collectives the tower's
+    row-parallel layers join (sglang's TP group), or None at TP size 1."""
+    from sglang.srt.runtime_context import get_parallel
+
+    try:
+        group = get_parallel().tp_group
+    except (RuntimeError, ValueError, AttributeError):
+        return None
+    if group is None or getattr(group, "world_size", 1) <= 1:
+        return None
+    return group.cpu_group
+
+
+def agree_on_budget(budget_bytes: int, group) -> int:
+    """The smallest budget of all ranks of ``group`` (a CPU process group; None
+    = this rank alone).  Every rank of the tower's TP group must cut the same
+    tower calls: the tower all-reduces in every layer, so one rank making an
+    extra call would hang the others."""
+    if group is None:
+        return budget_bytes
+    import torch.distributed as dist
+
+    value = torch.tensor([budget_bytes], dtype=torch.int64)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN, group=group)
+    return int(value.item())
+
+
+def resolve_budget_bytes(
+    device: torch.device,
+    budget_bytes: Optional[int] = None,
+    *,
+    group=None,
+) -> int:
+    """The byte budget of one tower call, the same on every rank of ``group``:
+    the configured budget (see ``configured_budget_bytes``), on CUDA never more
+    than half of the memory free right now, then the minimum over ``group``."""
+    budget = configured_budget_bytes(budget_bytes)
+    free = free_device_bytes(device)
+    if free is not None:
+        budget = max(min(budget, free // 2), 1)
+    return agree_on_budget(budget, group)
+
+
+@dataclass(frozen=True)
+class TowerCall:
+    """One vision-tower call: segment indices, in order, and how they are fed."""
+
+    segments: Tuple[int, ...]
+    packed: bool  # one variable-length stream with cu_seqlens; else a [B, n] batch
 
 
 def chunk_by_budget(
@@ -345,7 +440,7 @@ def chunk_by_budget(
     return chunks
 
 
-def plan_chunks(
+def plan_tower_calls(
     segments: Sequence[VisionSegment],
     *,
     varlen: bool,
@@ -353,8 +448,8 @@ def plan_chunks(
     vision_config: Any,
     act_dtype: torch.dtype,
     pixel_dtype: torch.dtype,
-) -> List[List[int]]:
-    """Tower calls as lists of segment indices.
+) -> List[TowerCall]:
+    """Tower calls for ``segments`` under ``budget_bytes``.
 
     varlen: one packed stream, cut by the budget.  Otherwise: one group per
     distinct valid-patch count (no padding inside a group), each cut by the
@@ -363,15 +458,42 @@ def plan_chunks(
     lengths = [s.num_valid for s in segments]
     if varlen:
         per_tok = encoder_bytes_per_token(vision_config, act_dtype, pixel_dtype)
-        return chunk_by_budget(lengths, range(len(segments)), max(budget_bytes // per_tok, 1))
+        chunks = chunk_by_budget(lengths, range(len(segments)), max(budget_bytes // per_tok, 1))
+        return [TowerCall(tuple(c), True) for c in chunks]
     groups: dict = {}
     for i, n in enumerate(lengths):
         groups.setdefault(n, []).append(i)
-    chunks = []
+    calls = []
     for n, members in groups.items():
         per_tok = encoder_bytes_per_token(vision_config, act_dtype, pixel_dtype, attention_len=n)
-        chunks.extend(chunk_by_budget(lengths, members, max(budget_bytes // per_tok, 1)))
-    return chunks
+        for c in chunk_by_budget(lengths, members, max(budget_bytes // per_tok, 1)):
+            calls.append(TowerCall(tuple(c), False))
+    return calls
+
+
+def plan_encoder_calls(
+    segments: Sequence[VisionSegment],
+    *,
+    vision_config: Any,
+    backend: str,
+    act_dtype: torch.dtype,
+    device: torch.device,
+    budget_bytes: Optional[int] = None,
+    group=TOWER_TP_GROUP,
+) -> List[TowerCall]:
+    """The tower calls ``encode_segments`` makes: the budget agreed over
+    ``group`` (default: the tower's TP group), then ``plan_tower_calls``."""
+    if isinstance(group, str) and group == TOWER_TP_GROUP:
+        group = tower_tp_cpu_group()
+    budget = resolve_budget_bytes(device, budget_bytes, group=group)
+    return plan_tower_calls(
+        segments,
+        varlen=backend in VARLEN_BACKENDS,
+        budget_bytes=budget,
+        vision_config=vision_config,
+        act_dtype=act_dtype,
+        pixel_dtype=segments[0].pixels.dtype,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -380,8 +502,7 @@ def plan_chunks(
 
 
 def attention_backend_name(vision_tower) -> str:
-    attn = vision_tower.encoder.layers[0].self_attn
-    return getattr(attn, "backend_name", "")
+    return getattr(vision_tower, "attention_backend", "")
 
 
 def _gather_valid(seg: VisionSegment) -> torch.Tensor:
@@ -390,66 +511,47 @@ def _gather_valid(seg: VisionSegment) -> torch.Tensor:
     return seg.pixels.index_select(0, seg.valid_rows.to(seg.pixels.device))
 
 
-def _pool_index(segs: Sequence[VisionSegment], k2: int) -> Tuple[torch.Tensor, bool]:
-    """``[tokens, k*k]`` rows of the packed stream pooled into each soft token,
-    and whether every cell is full.  Empty slots of partial cells point at one
-    extra all-zero row (index = number of patches)."""
+def _pool_index(segs: Sequence[VisionSegment], k2: int) -> Tuple[torch.Tensor, torch.Tensor, bool]:
+    """For one call: ``[tokens, k*k]`` rows of its output pooled into each of its
+    soft tokens, the batch rows those soft tokens go to, and whether every cell
+    is full.  Empty slots of partial cells point at one extra all-zero row
+    (index = number of patches)."""
     num_patches = sum(s.num_valid for s in segs)
-    num_tokens = sum(s.num_tokens for s in segs)
-    token = torch.empty(num_patches, dtype=torch.int64)
+    local = torch.empty(num_patches, dtype=torch.int64)
+    rows = []
     p0 = t0 = 0
     for s in segs:
-        token[p0 : p0 + s.num_valid] = s.token_of_patch + t0
+        local[p0 : p0 + s.num_valid] = s.token_of_patch + t0
+        rows.append(torch.arange(s.token_offset, s.token_stop))
         p0 += s.num_valid
         t0 += s.num_tokens
-    counts = torch.bincount(token, minlength=num_tokens)
-    order = torch.argsort(token, stable=True)
+    counts = torch.bincount(local, minlength=t0)
+    order = torch.argsort(local, stable=True)
     starts = torch.cumsum(counts, 0) - counts
-    slot = torch.arange(num_patches) - starts[token[order]]
-    index = torch.full((num_tokens, k2), num_patches, dtype=torch.int64)
-    index[token[order], slot] = order
-    return index, bool((counts == k2).all())
+    slot = torch.arange(num_patches) - starts[local[order]]
+    index = torch.full((t0, k2), num_patches, dtype=torch.int64)
+    index[local[order], slot] = order
+    return index, torch.cat(rows), bool((counts == k2).all())
 
 
-def _encode_chunk(
-    vision_tower,
-    segs: Sequence[VisionSegment],
-    *,
-    varlen: bool,
-    device: torch.device,
-) -> torch.Tensor:
-    """Tower + pooling for one chunk; returns float32 soft tokens, scaled."""
-    embedder = vision_tower.patch_embedder
+def _run_call(vision_tower, segs: Sequence[VisionSegment], call: TowerCall, device) -> torch.Tensor:
+    """Last hidden state ``[patches, hidden]`` of one tower call."""
     pixels = torch.cat([_gather_valid(s) for s in segs], dim=0).to(device, non_blocking=True)
     positions = torch.cat([s.positions for s in segs], dim=0).to(device, non_blocking=True)
-    hidden = embedder._patch_projection(pixels)
-    del pixels
-    hidden = hidden + position_embeddings(embedder.position_embedding_table, positions).to(
-        hidden.dtype
-    )
-    if varlen:
+    if call.packed:
         lens = [s.num_valid for s in segs]
         cu = torch.zeros(len(lens) + 1, dtype=torch.int32)
         cu[1:] = torch.cumsum(torch.tensor(lens, dtype=torch.int32), 0)
-        out = vision_tower.encoder(
-            hidden.unsqueeze(0),
-            None,
+        out = vision_tower.forward_packed(
+            pixels.unsqueeze(0),
             positions.unsqueeze(0),
             cu_seqlens=cu.to(device, non_blocking=True),
             max_seqlen=max(lens),
-        ).squeeze(0)
+        )
     else:
         b, n = len(segs), segs[0].num_valid
-        out = vision_tower.encoder(
-            hidden.view(b, n, -1), None, positions.view(b, n, 2)
-        ).reshape(b * n, -1)
-    del hidden
-    k = vision_tower.pooling_kernel_size
-    index, full = _pool_index(segs, k * k)
-    if not full:
-        out = torch.cat([out, out.new_zeros(1, out.shape[-1])], dim=0)
-    pooled = out[index.to(device, non_blocking=True)].sum(dim=1, dtype=torch.float32) / (k * k)
-    return pooled.to(out.dtype)
+        out = vision_tower.forward_packed(pixels.view(b, n, -1), positions.view(b, n, 2))
+    return out.reshape(-1, out.shape[-1])
 
 
 def encode_segments(
@@ -458,73 +560,72 @@ def encode_segments(
     *,
     dtype: torch.dtype,
     budget_bytes: Optional[int] = None,
+    group=TOWER_TP_GROUP,
 ) -> torch.Tensor:
-    """Soft tokens (pre-projection) of all ``segments``, concatenated in order."""
+    """Soft tokens (pooled, scaled, standardized; before ``embed_vision``) of
+    all ``segments``, row ``VisionSegment.token_offset`` onwards for each."""
     device = vision_tower.device
-    name = attention_backend_name(vision_tower)
-    varlen = name in VARLEN_BACKENDS
-    budget = resolve_budget_bytes(device, budget_bytes)
-    pixel_dtype = segments[0].pixels.dtype
-    chunks = plan_chunks(
+    calls = plan_encoder_calls(
         segments,
-        varlen=varlen,
-        budget_bytes=budget,
         vision_config=vision_tower.config,
+        backend=attention_backend_name(vision_tower),
         act_dtype=dtype,
-        pixel_dtype=pixel_dtype,
+        device=device,
+        budget_bytes=budget_bytes,
+        group=group,
     )
-    outs = [
-        _encode_chunk(vision_tower, [segments[i] for i in chunk], varlen=varlen, device=device)
-        for chunk in chunks
-    ]
-    pooled = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
-    order = [i for chunk in chunks for i in chunk]
-    if order != sorted(order):
-        # rows are in chunk order (grouped by length): put them back in segment order
-        start = [0]
-        for s in segments:
-            start.append(start[-1] + s.num_tokens)
-        rows = torch.cat([torch.arange(start[i], start[i + 1]) for i in order])
-        restored = torch.empty_like(pooled)
-        restored[rows.to(device)] = pooled
-        pooled = restored
+    k = vision_tower.pooling_kernel_size
+    soft = None
+    for call in calls:
+        segs = [segments[i] for i in call.segments]
+        out = _run_call(vision_tower, segs, call, device)
+        index, rows, full = _pool_index(segs, k * k)
+        if not full:
+            out = torch.cat([out, out.new_zeros(1, out.shape[-1])], dim=0)
+        # average in float32 as transformers does, rounded once to the tower dtype
+        pooled = out[index.to(device, non_blocking=True)].sum(dim=1, dtype=torch.float32) / (k * k)
+        tower_dtype = out.dtype
+        del out
+        if soft is None:
+            total = segments[-1].token_stop
+            soft = torch.empty(total, pooled.shape[-1], dtype=torch.float32, device=device)
+        soft[rows.to(device, non_blocking=True)] = pooled.to(tower_dtype).float()
     # transformers scales and standardizes in float32, then casts back
-    pooled = pooled.float() * vision_tower.pooler.root_hidden_size
+    soft = soft * vision_tower.pooler.root_hidden_size
     if getattr(vision_tower, "standardize", False):
-        pooled = (pooled - vision_tower.std_bias.float()) * vision_tower.std_scale.float()
-    return pooled.to(dtype)
+        soft = (soft - vision_tower.std_bias.float()) * vision_tower.std_scale.float()
+    return soft.to(dtype)
 
 
 def assemble(
     plan: VisionBatchPlan, embedded: Optional[torch.Tensor], device: torch.device
 ) -> List[torch.Tensor]:
-    """One ``[tokens, hidden]`` tensor per item, in item order.
-
-    An item's encoded tokens are copied out of the shared projection output
-    unless the item takes all of it, so no result pins another item's storage;
-    precomputed embeddings come back as (views of) the given tensors.
-    """
-    seg_start = [0]
-    for s in plan.segments:
-        seg_start.append(seg_start[-1] + s.num_tokens)
-    total = seg_start[-1]
+    """One ``[tokens, hidden]`` tensor per item, in item order, each owning its
+    storage: an item's encoded rows are copied out of the shared projection
+    output unless the item takes all of it, and precomputed embeddings are
+    always copied (they may be borrowed buffers, e.g. CUDA IPC handles)."""
+    total = plan.num_tokens
     results = []
-    for pieces in plan.pieces:
-        parts = []
-        for piece in pieces:
-            if piece[0] == "embeds":
-                emb = piece[1]
-                parts.append((emb.reshape(-1, emb.shape[-1]).to(device), False))
-            else:
-                lo, hi = seg_start[piece[1]], seg_start[piece[2]]
-                parts.append((embedded[lo:hi], hi - lo != total))
-        if not parts:
-            raise ValueError(f"item {len(results)} has no pixel values or embeddings")
-        if len(parts) > 1:
-            results.append(torch.cat([p for p, _ in parts], dim=0))
+    for idx, pieces in enumerate(plan.items):
+        if not pieces:
+            raise ValueError(f"item {idx} has no pixel values or embeddings")
+        if len(pieces) > 1:
+            parts = [
+                p.embeds.reshape(-1, p.embeds.shape[-1]).to(device)
+                if isinstance(p, PrecomputedEmbeds)
+                else embedded[p.token_start : p.token_stop]
+                for p in pieces
+            ]
+            results.append(torch.cat(parts, dim=0))
+            continue
+        (piece,) = pieces
+        if isinstance(piece, PrecomputedEmbeds):
+            emb = piece.embeds
+            results.append(emb.reshape(-1, emb.shape[-1]).to(device, copy=True))
+        elif piece.token_stop - piece.token_start == total:
+            results.append(embedded)
         else:
-            part, shares_storage = parts[0]
-            results.append(part.clone() if shares_storage else part)
+            results.append(embedded[piece.token_start : piece.token_stop].clone())
     return results
 
 
@@ -532,18 +633,19 @@ def encode_vision_items(
     items: Sequence[Any],
     *,
     kind: str,
-    position_attr: str,
     vision_tower,
     embed_vision,
     text_hidden_size: int,
     dtype: torch.dtype,
     budget_bytes: Optional[int] = None,
+    group=TOWER_TP_GROUP,
 ) -> Union[torch.Tensor, List[torch.Tensor]]:
-    """Encode ``items`` (MultimodalDataItem-like: ``.feature`` and
-    ``.<position_attr>``) into one embedding tensor per item.
+    """Encode ``items`` (MultimodalDataItem-like: ``.feature`` and the positions
+    named by ``POSITION_ATTR[kind]``) into one embedding tensor per item.
 
     Returns a list of ``[tokens_i, text_hidden]`` tensors in item order, or a
-    ``(0, text_hidden)`` tensor when ``items`` is empty.
+    ``(0, text_hidden)`` tensor when ``items`` is empty.  ``group`` is the
+    process group the chunk budget is agreed on (default: the tower's TP group).
     """
     device = vision_tower.device
     if not items:
@@ -552,7 +654,6 @@ def encode_vision_items(
     plan = plan_items(
         items,
         kind=kind,
-        position_attr=position_attr,
         text_hidden_size=text_hidden_size,
         patch_pixels=3 * cfg.patch_size**2,
         pooling_kernel_size=cfg.pooling_kernel_size,
@@ -560,6 +661,8 @@ def encode_vision_items(
     )
     embedded = None
     if plan.segments:
-        soft = encode_segments(vision_tower, plan.segments, dtype=dtype, budget_bytes=budget_bytes)
+        soft = encode_segments(
+            vision_tower, plan.segments, dtype=dtype, budget_bytes=budget_bytes, group=group
+        )
         embedded = embed_vision(inputs_embeds=soft)
     return assemble(plan, embedded, device)
