@@ -60,10 +60,11 @@ bench-tree: $(VPY)
 	$(SERIES) materialise --dest $(BENCH_TREE)
 	git -C $(BENCH_TREE) show upstream:python/sglang/kernels/ops/moe/gemma4_routing.py > build/upstream_gemma4_routing.py
 
-bench-vision: bench-tree
-	$(VPY) benchmark/gemma4/bench_vision.py prepare --wheel "$$(ls build/upstream/sglang-0.5.23-*.whl | head -1)" \
-		--patched-tree $(BENCH_TREE)/python --dest build/gpu-vision
-	$(VPY) benchmark/gemma4/bench_vision.py run --files build/gpu-vision --out benchmark/gemma4/results
+# Vision tower, stock vs patched, each in its own engine's process (real sglang, no stand-ins).
+bench-vision: $(VPY)
+	test -x $(UPSTREAM_VENV)/bin/python || $(MAKE) engine-upstream
+	$(VPY) benchmark/gemma4/bench_vision.py --upstream-python $(UPSTREAM_VENV)/bin/python \
+		--patched-python $(VPY) --out benchmark/gemma4/results
 
 # The router kernels as this checkout has them, against 0.5.23's (extracted by bench-tree); bf16 and fp32.
 bench-routing: bench-tree
