@@ -1,30 +1,51 @@
 """benchmark/gemma4/serve_ab.py end to end on CPU, against a stand-in server.
 
-The stand-in (this file run as a script, ``--standin``) is a separate process speaking the HTTP API that
+The stand-in server (this file run as a script, ``--standin``) is a separate process speaking the HTTP API that
 ``python -m sglang.bench_serving`` uses with ``--backend sglang-oai-chat``: /health, /health_generate,
 /v1/models, /model_info, /server_info, /flush_cache and streaming /v1/chat/completions. serve_ab starts it
-once per engine and workload through ``--server-cmd``, and drives the real bench_serving of the installed
-sglang against it. The "upstream" stand-in streams tokens slower than the "patched" one, so the table must
-show the patched engine ahead; that direction is measured, not written in.
+through ``--server-cmd``. It prints the log lines serve_ab reads (pool sizes, scheduler line, series line, KV
+split line; a serving-time compile line only while it serves a chosen request, so that the line lands in one
+pass) and one line per request with a hash of the messages, so that a test can tell which prompts each pass
+sent. The "upstream" stand-in streams tokens slower than the "patched" one, so the table must show the
+patched engine ahead; that direction is measured, not written in.
+
+The load generator: ``test_real_bench_serving`` drives the REAL installed ``python -m sglang.bench_serving``
+(flags, seeds, image dataset, output file). Each of its processes spends about 10 s importing sglang, so the
+protocol tests (ABBA order, warm-up, repeats, dying server, merge) use a stand-in client (this file run with
+``--client``, reached through ``--bench-python``): it takes bench_serving's flags, sends seeded prompts to the
+server, measures TTFT/TPOT itself and writes bench_serving's JSONL result keys.
 
 Failure paths: a server that exits before it is ready, a port already taken, readiness that times out, a
 server that dies during the benchmark; each must give a clear error and leave no process behind.
 """
 
 import argparse
+import hashlib
+import importlib.metadata
+import importlib.util
 import json
 import os
+import random
+import shutil
 import socket
+import statistics
 import subprocess
 import sys
+import threading
 import time
-
-import pytest
+import urllib.request
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SERVE_AB = os.path.join(REPO, "benchmark", "gemma4", "serve_ab.py")
 MAKE_DIR = os.path.join(REPO, "benchmark", "gemma4", "make_model_dir.py")
+SERIES_PY = os.path.join(REPO, "python", "sglang", "srt", "gemma4_series.py")
 THIS = os.path.abspath(__file__)
+
+POOLS = {"upstream": (3337548, 2670038), "patched": (7787613, 6230090)}
+ACCEPT_BASE = {"upstream": 2.5, "patched": 3.0}
+SERIES_LINE = ("Gemma-4 series 0.5.23+gemma4.10 on sglang==0.5.23: 0001-gemma4-series-manifest, "
+               "0022-gemma4-swa-ratio-policy")
+KV_SPLIT_LINE = "Gemma-4 KV split: swa_full_tokens_ratio=0.3 (geometry of the model)"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -32,7 +53,6 @@ THIS = os.path.abspath(__file__)
 # ---------------------------------------------------------------------------------------------------------
 def _standin_main(argv):
     import http.server
-    import threading
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--standin", action="store_true")
@@ -41,8 +61,12 @@ def _standin_main(argv):
     ap.add_argument("--model", required=True)
     ap.add_argument("--engine", required=True)
     ap.add_argument("--token-delay-ms", type=float, default=1.0)
-    ap.add_argument("--startup-s", type=float, default=0.5)
+    ap.add_argument("--startup-s", type=float, default=0.3)
     ap.add_argument("--mode", default="ok", choices=["ok", "exit-early", "never-ready", "die-on-request"])
+    ap.add_argument("--die-after", type=int, default=2, help="die-on-request: exit on request die_after + 1")
+    ap.add_argument("--compile-on-request", default="",
+                    help="comma list of N:S: request N logs a compile line after stalling S seconds")
+    ap.add_argument("--no-log-facts", action="store_true", help="no pool/scheduler/series lines")
     ap.add_argument("--record", default=None, help="directory for one JSON line per start (argv, env)")
     ns, server_args = ap.parse_known_args(argv)
     if ns.host != "127.0.0.1":
@@ -54,9 +78,25 @@ def _standin_main(argv):
     if ns.mode == "exit-early":
         print("stand-in: simulated crash during start-up", flush=True)
         sys.exit(3)
+    spec = "--speculative-algorithm" in server_args
+    compile_at = {int(x.split(":")[0]): float(x.split(":")[1]) for x in ns.compile_on_request.split(",") if x}
+    lock = threading.Lock()
+
+    def log(msg):
+        with lock:
+            print(f"[2026-12-01 10:00:00 TP0] {msg}", flush=True)
+
+    if not ns.no_log_facts:
+        full, swa = POOLS[ns.engine]
+        log(f"Use sliding window memory pool. full_layer_tokens={full}, swa_layer_tokens={swa}")
+        log(f"max_total_num_tokens={full}, chunked_prefill_size=8192, max_prefill_tokens=16384, "
+            f"max_running_requests={48 if spec else 4096}, context_len=131072, available_gpu_mem=12.34 GB")
+        if ns.engine == "patched":
+            log(SERIES_LINE)
+            log(KV_SPLIT_LINE)
     started = time.monotonic()
     ready = threading.Event()
-    state = {"requests": 0}
+    state = {"requests": 0, "since_flush": 0}
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.0"
@@ -83,19 +123,38 @@ def _standin_main(argv):
             if self.path in ("/model_info", "/get_model_info"):
                 return self._json(200, {"model_path": ns.model, "tokenizer_path": ns.model})
             if self.path in ("/server_info", "/get_server_info"):
-                return self._json(200, {"internal_states": [{}], "engine": ns.engine})
+                internal = {}
+                with lock:
+                    if spec and state["since_flush"]:
+                        # Grows with the requests since the last flush: a pass that was not preceded by a flush
+                        # reports a different value than one that was.
+                        internal["avg_spec_accept_length"] = ACCEPT_BASE[ns.engine] + 0.001 * state["since_flush"]
+                return self._json(200, {"internal_states": [internal], "engine": ns.engine})
             return self._json(404, {"error": self.path})
 
         def do_POST(self):
             n = int(self.headers.get("Content-Length") or 0)
-            body = json.loads(self.rfile.read(n) or b"{}")
-            if self.path in ("/flush_cache", "/reset_prefix_cache"):
+            raw = self.rfile.read(n) if n else b""
+            if self.path.split("?")[0] in ("/flush_cache", "/reset_prefix_cache"):
+                with lock:
+                    state["since_flush"] = 0
+                log("Cache flushed successfully!")
                 return self._json(200, {})
             if self.path != "/v1/chat/completions":
                 return self._json(404, {"error": self.path})
-            state["requests"] += 1
-            if ns.mode == "die-on-request" and state["requests"] > 2:
+            body = json.loads(raw or b"{}")
+            with lock:
+                state["requests"] += 1
+                state["since_flush"] += 1
+                k = state["requests"]
+            digest = hashlib.sha1(json.dumps(body["messages"], sort_keys=True).encode()).hexdigest()[:16]
+            log(f"stand-in request {k} hash {digest}")
+            if ns.mode == "die-on-request" and k > ns.die_after:
                 os._exit(7)
+            if k in compile_at:
+                time.sleep(compile_at[k])
+                log(f"Triton kernel 'stand_in_kernel_r{k}' took 1.25 s to compile after serving started. "
+                    "Serving-time compilation can stall the engine; pre-compile it during engine init.")
             out_len = int(body.get("max_completion_tokens") or body.get("max_tokens") or 16)
             content = body["messages"][0]["content"]
             n_images = sum(1 for c in content if c.get("type") == "image_url") if isinstance(content, list) else 0
@@ -128,14 +187,132 @@ def _standin_main(argv):
     httpd.serve_forever()
 
 
+# ---------------------------------------------------------------------------------------------------------
+# stand-in client (bench_serving's flags and result keys; fast to start)
+# ---------------------------------------------------------------------------------------------------------
+def _client_main(argv):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--client", action="store_true")
+    ap.add_argument("--host", required=True)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--num-prompts", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--output-file", required=True)
+    ap.add_argument("--dataset-name", default="sharegpt")
+    ap.add_argument("--random-input-len", type=int, default=16)
+    ap.add_argument("--random-output-len", type=int, default=8)
+    ap.add_argument("--warmup-requests", type=int, default=1)
+    ap.add_argument("--image-count", type=int, default=1)
+    ap.add_argument("--ready-check-timeout-sec", type=int, default=60)
+    ns, _ = ap.parse_known_args(argv)
+    print("benchmark_args=" + json.dumps(vars(ns)), flush=True)
+    base = f"http://{ns.host}:{ns.port}"
+    deadline = time.monotonic() + ns.ready_check_timeout_sec
+    while True:
+        try:
+            with urllib.request.urlopen(base + "/v1/models", timeout=5) as r:
+                model = json.load(r)["data"][0]["id"]
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                print("server not ready", flush=True)
+                sys.exit(1)
+            time.sleep(0.2)
+    rng = random.Random(f"{ns.dataset_name}:{ns.seed}")
+    prompts = []
+    for i in range(ns.num_prompts):
+        text = " ".join(rng.choice("alpha beta gamma delta omega".split()) for _ in range(ns.random_input_len))
+        if ns.dataset_name == "image":
+            content = [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{rng.random()}"}}
+                       for _ in range(ns.image_count)] + [{"type": "text", "text": text}]
+        else:
+            content = text
+        prompts.append(content)
+
+    def one(content, out_len, res):
+        body = {"model": model, "messages": [{"role": "user", "content": content}], "stream": True,
+                "max_completion_tokens": out_len}
+        req = urllib.request.Request(base + "/v1/chat/completions", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        t0 = time.perf_counter()
+        ttft, tokens = None, 0
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                for ln in r:
+                    ln = ln.strip()
+                    if not ln.startswith(b"data: ") or ln == b"data: [DONE]":
+                        continue
+                    obj = json.loads(ln[6:])
+                    if obj.get("choices") and obj["choices"][0]["delta"].get("content"):
+                        tokens += 1
+                        if ttft is None:
+                            ttft = time.perf_counter() - t0
+        except OSError as e:
+            res.append({"ok": False, "error": str(e)})
+            return
+        lat = time.perf_counter() - t0
+        res.append({"ok": ttft is not None, "ttft": ttft, "lat": lat, "tokens": tokens,
+                    "tpot": (lat - ttft) / (tokens - 1) if ttft is not None and tokens > 1 else None})
+
+    warm = []
+    for _ in range(ns.warmup_requests):
+        one(prompts[0], min(ns.random_output_len, 32), warm)
+    results = []
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=one, args=(c, ns.random_output_len, results)) for c in prompts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    duration = time.perf_counter() - t0
+    ok = [r for r in results if r["ok"]]
+    accept = None
+    try:
+        with urllib.request.urlopen(base + "/server_info", timeout=5) as r:
+            accept = (json.load(r).get("internal_states") or [{}])[0].get("avg_spec_accept_length")
+    except OSError:
+        pass
+    out_tokens = sum(r["tokens"] for r in ok)
+    in_tokens = ns.random_input_len * len(ok)
+    result = {
+        "backend": "stand-in client", "dataset_name": ns.dataset_name, "duration": duration,
+        "completed": len(ok), "total_input_tokens": in_tokens, "total_output_tokens": out_tokens,
+        "request_throughput": len(ok) / duration, "output_throughput": out_tokens / duration,
+        "total_throughput": (in_tokens + out_tokens) / duration,
+        "median_ttft_ms": statistics.median(r["ttft"] for r in ok) * 1000 if ok else None,
+        "median_tpot_ms": statistics.median(r["tpot"] for r in ok if r["tpot"]) * 1000 if ok else None,
+        "accept_length": accept, "server_info": {"dropped": "by serve_ab"},
+    }
+    with open(ns.output_file, "a") as f:
+        f.write(json.dumps(result) + "\n")
+    sys.exit(0 if len(ok) == ns.num_prompts else 1)
+
+
 if __name__ == "__main__" and "--standin" in sys.argv:
     _standin_main(sys.argv[1:])
     sys.exit(0)
+if __name__ == "__main__" and "--client" in sys.argv:
+    _client_main(sys.argv[1:])
+
+import pytest  # noqa: E402  (after the script modes, which do not need it)
+
+INSTALLED = importlib.metadata.version("sglang")  # the engine the tests' python imports
 
 
 # ---------------------------------------------------------------------------------------------------------
-# tests
+# helpers
 # ---------------------------------------------------------------------------------------------------------
+def _load_serve_ab(path=SERVE_AB, name="serve_ab_under_test"):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+sab = _load_serve_ab()
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -143,9 +320,15 @@ def _free_port():
 
 
 def _standin_cmd(extra=""):
-    # {engine} selects the speed: the upstream stand-in streams 3x slower per token.
     return (f"{sys.executable} {THIS} --standin --host {{host}} --port {{port}} --model {{model}} "
             f"--engine {{engine}} {extra} {{server_args}}")
+
+
+def _speed_cmd(extra=""):
+    # {engine} selects the speed: the upstream stand-in streams 6x slower per token.
+    return ("sh -c 'd=1; [ \"$0\" = upstream ] && d=6; exec " + sys.executable + " " + THIS +
+            " --standin --host {host} --port {port} --model {model} --engine $0 --token-delay-ms $d " + extra +
+            " \"$@\"' {engine} {server_args}")
 
 
 def _pids_alive(record_dir):
@@ -170,9 +353,13 @@ def _pids_alive(record_dir):
     return alive
 
 
-def _run_serve_ab(args, timeout=420):
-    return subprocess.run([sys.executable, SERVE_AB, *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=REPO)
+def _starts(rec):
+    return [json.loads(ln) for ln in open(os.path.join(rec, "starts.jsonl"))]
+
+
+def _run_serve_ab(args, timeout=420, script=SERVE_AB, cwd=REPO):
+    return subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -182,64 +369,511 @@ def tiny_dir(tmp_path_factory):
     return str(d)
 
 
-def _base_args(tiny_dir, tmp_path, port, server_cmd):
+@pytest.fixture(scope="module")
+def client_python(tmp_path_factory):
+    """A 'python' that runs the stand-in client for ``-m sglang.bench_serving`` and is python otherwise."""
+    path = tmp_path_factory.mktemp("client") / "python"
+    path.write_text("#!/bin/sh\n"
+                    f'if [ "$1" = "-m" ] && [ "$2" = "sglang.bench_serving" ]; then shift 2; '
+                    f'exec {sys.executable} {THIS} --client "$@"; fi\n'
+                    f'exec {sys.executable} "$@"\n')
+    path.chmod(0o755)
+    return str(path)
+
+
+def _base_args(tiny_dir, tmp_path, port, server_cmd, out="out"):
     rec = tmp_path / "rec"
     rec.mkdir(exist_ok=True)
     return [
         "--model", tiny_dir, "--port", str(port),
         "--upstream-python", sys.executable, "--patched-python", sys.executable,
         "--server-cmd", server_cmd + f" --record {rec}",
-        "--out", str(tmp_path / "out"), "--log-dir", str(tmp_path / "logs"),
+        "--out", str(tmp_path / out), "--log-dir", str(tmp_path / "logs"),
         "--ready-timeout", "60",
     ], str(rec)
 
 
-def test_serve_ab_end_to_end_with_standin(tiny_dir, tmp_path):
+def _doc(tmp_path, name="serve_ab", out="out"):
+    return json.loads((tmp_path / out / f"{name}.json").read_text())
+
+
+def _pass_hashes(tmp_path, doc, run):
+    """Request hashes the stand-in logged while this pass ran (from the pass's recorded log byte range)."""
+    srv = next(s for s in doc["servers"] if s["engine"] == run["engine"] and s["profile"] == run["profile"])
+    a, b = run["log_range"]
+    with open(os.path.join(doc["meta"]["log_dir"], srv["log"]), "rb") as f:
+        f.seek(a)
+        text = f.read(b - a).decode()
+    return {ln.split(" hash ")[1].strip() for ln in text.splitlines() if "stand-in request" in ln}
+
+
+def _runs(doc, engine, workload, kind=None):
+    return [r for r in doc["runs"] if r["engine"] == engine and r["workload"] == workload
+            and (kind is None or r["kind"] == kind)]
+
+
+def _assistant_dir(tmp_path):
+    d = tmp_path / "assistant"
+    d.mkdir(exist_ok=True)
+    (d / "config.json").write_text(json.dumps({"architectures": ["Gemma4AssistantForCausalLM"]}))
+    return str(d)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# pure logic
+# ---------------------------------------------------------------------------------------------------------
+def test_set_flag_replaces_in_place_and_appends_when_absent():
+    args = ["--dataset-name", "random", "--num-prompts", "80", "--seed", "1"]
+    assert sab.set_flag(args, "--num-prompts", "6") == ["--dataset-name", "random", "--num-prompts", "6", "--seed", "1"]
+    assert sab.set_flag(["--num-prompts=80", "--x", "1", "--num-prompts", "9"], "--num-prompts", "6") == \
+        ["--num-prompts", "6", "--x", "1"]
+    assert sab.set_flag(["--x", "1"], "--seed", "3") == ["--x", "1", "--seed", "3"]
+    assert sab.get_flag(["--num-prompts", "80", "--num-prompts=7"], "--num-prompts") == "7"
+    assert sab.get_flag(["--x", "1"], "--num-prompts") is None
+    with pytest.raises(sab.ServeABError, match="--seed has no value"):
+        sab.set_flag(["--x", "--seed"], "--seed", "1")
+
+
+def test_plan_overrides_prompts_and_seeds_every_pass():
+    wl = sab.WORKLOADS["chat"]
+    plan = sab.Plan(model="m", workloads=[wl], pythons={"upstream": "pu", "patched": "pp"}, bench_python="pb",
+                    engines=["upstream", "patched"], port=1, ready_timeout_s=1, bench_timeout_s=1, server_cmd="",
+                    extra_server_args=[], bench_extra=["--random-output-len", "8"], load_format=None,
+                    num_prompts=10, repeats=3, log_dir="/logs", dataset_path=None, warmup_prompts=16, base_seed=5)
+    assert plan.passes(wl) == [("warmup", 0, 5, 10), ("timed", 0, 6, 10), ("timed", 1, 7, 10), ("timed", 2, 8, 10)]
+    assert plan.bench_args(wl).count("--num-prompts") == 1
+    assert sab.get_flag(plan.bench_args(wl), "--num-prompts") == "10"
+    cmd = sab.bench_command(plan, wl, "/o.jsonl", 7, 4)
+    assert cmd.count("--num-prompts") == 1 and cmd[cmd.index("--num-prompts") + 1] == "4"
+    assert cmd.count("--seed") == 1 and cmd[cmd.index("--seed") + 1] == "7"
+    assert cmd[cmd.index("--dataset-path") + 1] == "/logs/datasets/sharegpt-chat-seed7.json"
+    plan.num_prompts, plan.warmup_prompts = None, 4
+    assert plan.passes(wl)[0] == ("warmup", 0, 5, 4) and plan.passes(wl)[1][3] == 80
+
+
+def test_each_pass_gets_its_own_synthetic_conversations(tmp_path):
+    plan = sab.Plan(model="m", workloads=[], pythons={}, bench_python="", engines=["patched"], port=1,
+                    ready_timeout_s=1, bench_timeout_s=1, server_cmd="", extra_server_args=[], bench_extra=[],
+                    load_format=None, num_prompts=None, repeats=1, log_dir=str(tmp_path), dataset_path=None)
+
+    def humans(wl, seed):
+        path = sab.ensure_dataset(plan, sab.WORKLOADS[wl], seed, 4)
+        return {row["conversations"][0]["value"] for row in json.load(open(path))}
+
+    assert humans("chat", 2) == humans("chat", 2)  # same seed, same prompts: the two engines' repeat r
+    assert len(humans("chat", 2)) == 64
+    assert not humans("chat", 1) & humans("chat", 2)  # warm-up vs repeat 0
+    assert not humans("chat", 2) & humans("summarization", 2)  # same server, same seed, other workload
+    assert sab.ensure_dataset(plan, sab.WORKLOADS["images"], 2, 4) is None
+    plan.dataset_path = str(tmp_path / "own.json")
+    assert sab.ensure_dataset(plan, sab.WORKLOADS["chat"], 3, 4) == plan.dataset_path
+    assert not os.path.exists(plan.dataset_path)  # the user's file is used as it is
+
+
+_LOG = """$ python -m sglang.launch_server ...
+[2026-12-01 10:00:00 TP0] Use sliding window memory pool. full_layer_tokens=7787613, swa_layer_tokens=6230090
+[2026-12-01 10:00:01 TP0] Use sliding window memory pool. full_layer_tokens=11, swa_layer_tokens=22
+[2026-12-01 10:00:02 TP0] max_total_num_tokens=7787613, chunked_prefill_size=8192, max_prefill_tokens=16384, \
+max_running_requests=48, context_len=131072, available_gpu_mem=12.50 GB
+[2026-12-01 10:00:02] Gemma-4 series 0.5.23+gemma4.10 on sglang==0.5.23: 0001-gemma4-series-manifest
+[2026-12-01 10:00:02] Gemma-4 KV split: swa_full_tokens_ratio=0.3 (geometry)
+[2026-12-01 10:00:09 TP0] Triton kernel 'fused_moe_kernel' took 3.21 s to compile after serving started. \
+Serving-time compilation can stall the engine; pre-compile it during engine init.
+"""
+
+
+def test_parse_server_log_reads_pools_scheduler_series_and_compiles():
+    info = sab.parse_server_log(_LOG)
+    assert (info["full_layer_tokens"], info["swa_layer_tokens"]) == (7787613, 6230090)  # the target's, first
+    assert len(info["pool_lines"]) == 2
+    assert info["max_running_requests"] == 48 and info["max_total_num_tokens"] == 7787613
+    assert info["context_len"] == 131072 and info["available_mem_gb"] == 12.5 and info["chunked_prefill_size"] == 8192
+    assert info["series_line"] == "Gemma-4 series 0.5.23+gemma4.10 on sglang==0.5.23: 0001-gemma4-series-manifest"
+    assert info["kv_split_lines"] == ["Gemma-4 KV split: swa_full_tokens_ratio=0.3 (geometry)"]
+    assert info["compile_lines"] == [{"kernel": "fused_moe_kernel", "seconds": 3.21}]
+    all_swa = sab.parse_server_log("[x] Use sliding window memory pool (all SWA). swa_layer_tokens=99\n")
+    assert (all_swa["full_layer_tokens"], all_swa["swa_layer_tokens"]) == (0, 99)
+    none = sab.parse_server_log("stand-in up\nmax_total_num_tokens=5\n")
+    assert none["full_layer_tokens"] is None and none["max_running_requests"] is None
+    assert none["series_line"] is None and none["kv_split_lines"] == [] and none["compile_lines"] == []
+
+
+def test_summary_uses_timed_repeats_only_and_marks_spread():
+    def run(engine, kind, rep, duration, status="ok"):
+        return {"engine": engine, "workload": "chat", "kind": kind, "rep": rep, "seed": rep + 2, "status": status,
+                "result": {"duration": duration, "median_tpot_ms": duration / 10}}
+    runs = [run("upstream", "warmup", 0, 99.0), run("upstream", "timed", 0, 10.0), run("upstream", "timed", 1, 12.0),
+            run("upstream", "timed", 2, 11.0), run("upstream", "timed", 3, 50.0, status="failed"),
+            run("patched", "warmup", 0, 0.5), run("patched", "timed", 0, 5.0), run("patched", "timed", 1, 6.0)]
+    s = sab.summarise(runs, ["chat"])
+    u, p = s["chat"]["upstream"]["metrics"]["duration"], s["chat"]["patched"]["metrics"]["duration"]
+    assert (u["median"], u["min"], u["max"], u["n"]) == (11.0, 10.0, 12.0, 3)
+    assert (p["median"], p["min"], p["max"], p["n"]) == (5.5, 5.0, 6.0, 2)
+    assert s["chat"]["upstream"]["hint"] is False and s["chat"]["patched"]["hint"] is True
+    assert s["chat"]["upstream"]["seeds"] == [2, 3, 4]
+    rows = {r["metric"]: r for r in sab.compare_rows(s, ["chat"])}
+    assert rows["duration"]["ratio"] == pytest.approx(11.0 / 5.5)
+    assert rows["duration"]["spread"] == "outside spread" and rows["duration"]["hint"] is True
+    assert "accept_length" not in rows  # nobody reported one
+    assert sab.spread({"min": 1, "max": 3}, {"min": 3, "max": 4}) == "within spread"
+    assert sab.spread({"min": 1, "max": 2}, {"min": 2.5, "max": 4}) == "outside spread"
+    assert sab.spread({"min": 5, "max": 6}, {"min": 1, "max": 4.9}) == "outside spread"
+    assert sab.spread(None, {"min": 1, "max": 2}) is None
+    assert sab.ratio(10.0, 5.0, lower_is_better=False) == 0.5 and sab.ratio(10.0, 5.0, lower_is_better=True) == 2.0
+
+
+def test_engine_order_alternates_by_profile():
+    plan = sab.Plan(model="m", workloads=[sab.WORKLOADS[n] for n in ("chat", "images-nocache", "images")],
+                    pythons={}, bench_python="", engines=["patched", "upstream"], port=1, ready_timeout_s=1,
+                    bench_timeout_s=1, server_cmd="", extra_server_args=[], bench_extra=[], load_format=None,
+                    num_prompts=None, repeats=1, log_dir="/l", dataset_path=None)
+    profiles = plan.profiles()
+    assert [[w.name for w in p.workloads] for p in profiles] == [["chat", "images"], ["images-nocache"]]
+    assert [plan.engine_order(i) for i in range(3)] == [["patched", "upstream"], ["upstream", "patched"],
+                                                        ["patched", "upstream"]]
+    plan.order = "fixed"
+    assert plan.engine_order(1) == ["patched", "upstream"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# plan printing, version and commit
+# ---------------------------------------------------------------------------------------------------------
+def test_dry_run_prints_plan_without_starting_anything(tiny_dir, tmp_path):
     port = _free_port()
-    # The stand-in reads --token-delay-ms; make upstream slower by giving its engine its own delay through
-    # a tiny wrapper template: two templates are not supported, so the delay is chosen from {engine} in shell.
-    cmd = ("sh -c 'd=1; [ \"$0\" = upstream ] && d=6; exec " + sys.executable + " " + THIS +
-           " --standin --host {host} --port {port} --model {model} --engine $0 --token-delay-ms $d \"$@\"' "
-           "{engine} {server_args}")
-    args, rec = _base_args(tiny_dir, tmp_path, port, cmd)
-    args += ["--workloads", "chat,images", "--num-prompts", "6",
-             "--bench-args", "--random-input-len 40 --random-output-len 24 --warmup-requests 1 --image-count 2"]
+    args, rec = _base_args(tiny_dir, tmp_path, port, _standin_cmd())
+    args += ["--workloads", "chat,images-nocache", "--num-prompts", "5", "--warmup-prompts", "3", "--repeats", "2",
+             "--mtp-draft", _assistant_dir(tmp_path), "--dry-run"]
+    proc = _run_serve_ab(args)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert not os.path.exists(os.path.join(rec, "starts.jsonl")) and not (tmp_path / "out").exists()
+    servers = [ln.split(" (")[0] for ln in out.splitlines() if ln.startswith("server ")]
+    assert servers == ["server 1: upstream p0", "server 2: patched p0", "server 3: patched p1", "server 4: upstream p1"]
+    benches = [ln.split() for ln in out.splitlines() if "sglang.bench_serving" in ln]
+    assert len(benches) == 4 * 3
+    for cmd in benches:
+        assert cmd.count("--num-prompts") == 1 and cmd.count("--seed") == 1
+    seeds = [(c[c.index("--seed") + 1], c[c.index("--num-prompts") + 1]) for c in benches]
+    assert seeds == [("1", "3"), ("2", "5"), ("3", "5")] * 4
+    launch = [ln for ln in out.splitlines() if "--standin" in ln]
+    assert len(launch) == 4 and all("--speculative-algorithm NEXTN" in ln and "--speculative-num-draft-tokens 4" in ln
+                                    for ln in launch)
+    assert "--disable-radix-cache" in launch[2] and "--disable-radix-cache" not in launch[0]
+    fixed = _run_serve_ab(args + ["--order", "fixed"])
+    fixed_servers = [ln.split(" (")[0] for ln in fixed.stdout.splitlines() if ln.startswith("server ")]
+    assert fixed_servers[2] == "server 3: upstream p1"
+    bad = _run_serve_ab(args + ["--bench-args", "--seed 9"])
+    assert bad.returncode == 2 and "--bench-args must not set --seed" in bad.stderr
+    bad = _run_serve_ab(args + ["--mtp-draft", tiny_dir])
+    assert bad.returncode == 2 and "is not a Gemma-4 assistant" in bad.stderr
+
+
+def _fake_engine(root, version, manifest):
+    """A python whose sglang is a bare package with a dist-info and (optionally) the series manifest module."""
+    site = root / "site"
+    (site / "sglang" / "srt").mkdir(parents=True)
+    (site / "sglang" / "__init__.py").write_text("raise ImportError('the probe must not import sglang')\n")
+    dist = site / f"sglang-{version}.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: sglang\nVersion: {version}\n")
+    if manifest is not None:
+        shutil.copy(SERIES_PY, site / "sglang" / "srt" / "gemma4_series.py")
+        (site / "sglang" / "srt" / "gemma4_series.json").write_text(json.dumps(manifest))
+    py = root / "python"
+    py.write_text(f'#!/bin/sh\nPYTHONPATH={site} exec {sys.executable} "$@"\n')
+    py.chmod(0o755)
+    return str(py)
+
+
+def test_version_and_commit_come_from_the_manifest_outside_a_checkout(tiny_dir, tmp_path):
+    copy = tmp_path / "tree" / "benchmark" / "gemma4" / "serve_ab.py"
+    copy.parent.mkdir(parents=True)
+    shutil.copy(SERVE_AB, copy)
+    manifest = {"upstream": "sglang==0.5.23", "version": "0.5.23+gemma4.7", "series_commit": "c0ffee1",
+                "patches": [{"name": "0001-gemma4-series-manifest.patch"}, {"name": "0010-x.patch"}]}
+    patched = _fake_engine(tmp_path / "patched", "0.5.23+gemma4.7", manifest)
+    upstream = _fake_engine(tmp_path / "upstream", "0.5.23", None)
+    args = ["--model", tiny_dir, "--workloads", "images", "--upstream-python", upstream, "--patched-python", patched,
+            "--dry-run"]
+    proc = _run_serve_ab(args + ["--engines", "upstream"], script=str(copy), cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    # Only upstream runs, the tree is no checkout: the commit still comes from the patched engine's manifest.
+    assert "commit c0ffee1 (from series manifest of the patched engine)" in proc.stdout
+    assert f"engine upstream: {upstream} sglang 0.5.23, series none" in proc.stdout
+    proc = _run_serve_ab(args + ["--engines", "patched"], script=str(copy), cwd=str(tmp_path))
+    assert f"engine patched: {patched} sglang 0.5.23+gemma4.7, series 0.5.23+gemma4.7 (2 patches)" in proc.stdout
+    del manifest["series_commit"]
+    (tmp_path / "patched" / "site" / "sglang" / "srt" / "gemma4_series.json").write_text(json.dumps(manifest))
+    proc = _run_serve_ab(args + ["--engines", "patched"], script=str(copy), cwd=str(tmp_path))
+    assert "commit unknown (from none (not a git checkout" in proc.stdout
+    # The repository itself is a checkout: its HEAD wins.
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                          text=True).stdout.strip()
+    proc = _run_serve_ab(args + ["--engines", "patched"])
+    assert f"commit {head} (from git checkout)" in proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the protocol, with the stand-in client
+# ---------------------------------------------------------------------------------------------------------
+def test_abba_warmup_repeats_and_log_facts(tiny_dir, tmp_path, client_python):
+    port = _free_port()
+    # Request 2 (the first timed request of the first warm-up pass on every server) stalls 2 s and logs a
+    # compile line; request 9 (inside the first workload's repeat 1) logs another.
+    args, rec = _base_args(tiny_dir, tmp_path, port,
+                           _speed_cmd("--compile-on-request 2:2.0,9:0"))
+    args += ["--workloads", "chat,images,images-nocache", "--num-prompts", "3", "--warmup-prompts", "2",
+             "--repeats", "2", "--bench-python", client_python, "--mtp-draft", _assistant_dir(tmp_path),
+             "--bench-args", "--random-input-len 12 --random-output-len 12 --warmup-requests 1 --image-count 2"]
     proc = _run_serve_ab(args)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    doc = _doc(tmp_path)
     md = (tmp_path / "out" / "serve_ab.md").read_text()
-    doc = json.loads((tmp_path / "out" / "serve_ab.json").read_text())
+    assert doc["status"] == "complete" and _pids_alive(rec) == []
 
-    # Every (workload, engine) ran bench_serving to completion against its own server start.
-    starts = [json.loads(ln) for ln in open(os.path.join(rec, "starts.jsonl"))]
-    assert [s["engine"] for s in starts] == ["upstream", "patched", "upstream", "patched"]
-    # Dummy weights for a directory without weights; images run with radix cache and mm-embedding cache off.
-    for s in starts:
+    # One server per engine and profile (chat and images share p0), ABBA across the two profiles.
+    starts = _starts(rec)
+    assert [s["engine"] for s in starts] == ["upstream", "patched", "patched", "upstream"]
+    assert [("--disable-radix-cache" in s["server_args"], s["vlm_cache_mb"]) for s in starts] == \
+        [(False, None), (False, None), (True, "0"), (True, "0")]
+    for s in starts:  # dummy weights, MTP flags on both engines
         assert s["server_args"][:2] == ["--load-format", "dummy"]
-    assert "--disable-radix-cache" in starts[2]["server_args"] and starts[2]["vlm_cache_mb"] == "0"
-    assert "--disable-radix-cache" not in starts[0]["server_args"] and starts[0]["vlm_cache_mb"] is None
-    assert _pids_alive(rec) == []
+        assert s["server_args"][s["server_args"].index("--speculative-algorithm") + 1] == "NEXTN"
+    assert doc["meta"]["order"] == [
+        {"profile": "p0", "engines": ["upstream", "patched"], "workloads": ["chat", "images"]},
+        {"profile": "p1", "engines": ["patched", "upstream"], "workloads": ["images-nocache"]}]
+    assert doc["meta"]["mtp"]["flags"][-2:] == ["--speculative-num-draft-tokens", "4"]
+    assert [(s["engine"], s["profile"], s["status"]) for s in doc["servers"]] == \
+        [("upstream", "p0", "done"), ("patched", "p0", "done"), ("patched", "p1", "done"), ("upstream", "p1", "done")]
 
-    for wl in ("chat", "images"):
+    for wl in ("chat", "images", "images-nocache"):
         for eng in ("upstream", "patched"):
-            s = doc["results"][wl][eng]["summary"]
-            assert s["completed"] == 6, (wl, eng, s)
-            assert s["duration"] > 0 and s["median_ttft_ms"] > 0 and s["median_tpot_ms"] > 0
-    # Token delay 6 ms vs 1 ms: the patched stand-in must come out ahead on TPOT and output throughput.
+            warm, timed = _runs(doc, eng, wl, "warmup"), _runs(doc, eng, wl, "timed")
+            assert [(r["seed"], r["num_prompts"], r["result"]["completed"]) for r in warm] == [(1, 2, 2)]
+            assert [(r["rep"], r["seed"], r["num_prompts"], r["result"]["completed"]) for r in timed] == \
+                [(0, 2, 3, 3), (1, 3, 3, 3)]
+            for r in warm + timed:
+                cmd = r["bench_cmd"]
+                assert cmd.count("--num-prompts") == 1 and cmd[cmd.index("--num-prompts") + 1] == str(r["num_prompts"])
+                assert cmd.count("--seed") == 1 and cmd[cmd.index("--seed") + 1] == str(r["seed"])
+                assert r["flush_status"] == 200 and "server_info" not in r["result"]
+            # Medians come from the timed repeats only.
+            summ = doc["summary"][wl][eng]
+            assert summ["n"] == 2 and summ["hint"] is True and summ["seeds"] == [2, 3]
+            durations = [r["result"]["duration"] for r in timed]
+            assert summ["metrics"]["duration"]["median"] == pytest.approx(statistics.median(durations))
+            assert (summ["metrics"]["duration"]["min"], summ["metrics"]["duration"]["max"]) == \
+                (min(durations), max(durations))
+            # The cache flush before each pass resets the accept-length counters: every timed pass reports the
+            # average over its own 1 + 3 requests.
+            assert [r["result"]["accept_length"] for r in timed] == \
+                [pytest.approx(sab_accept(eng, 4))] * 2
+    # The first workload of each server: the 2 s compile stall fell in its warm-up pass, which the medians skip.
+    for eng in ("upstream", "patched"):
+        for wl in ("chat", "images-nocache"):
+            warm = _runs(doc, eng, wl, "warmup")[0]
+            timed = _runs(doc, eng, wl, "timed")
+            assert warm["result"]["duration"] > 2.0
+            assert warm["result"]["duration"] > doc["summary"][wl][eng]["metrics"]["duration"]["max"]
+            assert [c["kernel"] for c in warm["compile_lines"]] == ["stand_in_kernel_r2"]
+            assert [[c["kernel"] for c in r["compile_lines"]] for r in timed] == [[], ["stand_in_kernel_r9"]]
+            assert warm["compile_lines"][0]["seconds"] == 1.25
+        assert all(r["compile_lines"] == [] for r in _runs(doc, eng, "images"))
+
+    # No two passes on a server sent the same prompt; both engines got the same prompts in the same pass.
+    for srv in doc["servers"]:
+        seen = set()
+        for r in doc["runs"]:
+            if r["engine"] == srv["engine"] and r["profile"] == srv["profile"]:
+                h = _pass_hashes(tmp_path, doc, r)
+                assert len(h) == r["num_prompts"] and not (h & seen), (r["workload"], r["kind"], r["rep"])
+                seen |= h
+    for r in _runs(doc, "upstream", "chat"):
+        twin = next(t for t in _runs(doc, "patched", "chat") if (t["kind"], t["rep"]) == (r["kind"], r["rep"]))
+        assert _pass_hashes(tmp_path, doc, r) == _pass_hashes(tmp_path, doc, twin)
+
+    # Server-log facts per engine.
+    for srv in doc["servers"]:
+        info = srv["log_info"]
+        assert (info["full_layer_tokens"], info["swa_layer_tokens"]) == POOLS[srv["engine"]]
+        assert info["max_running_requests"] == 48
+        if srv["engine"] == "patched":
+            assert info["series_line"] == SERIES_LINE and info["kv_split_lines"] == [KV_SPLIT_LINE]
+        else:
+            assert info["series_line"] is None and info["kv_split_lines"] == []
+        assert srv["compile_lines_outside_passes"] == 0 and srv["ready_s"] > 0
+
+    # Token delay 6 ms vs 1 ms: the patched stand-in must come out ahead on TPOT.
     rows = {(r["workload"], r["metric"]): r for r in doc["rows"]}
     tpot = rows[("chat", "median_tpot_ms")]
-    assert tpot["upstream"] > 2 * tpot["patched"] and tpot["improvement"] > 2
-    assert abs(tpot["improvement"] - tpot["upstream"] / tpot["patched"]) < 1e-9
-    thr = rows[("chat", "output_throughput")]
-    assert thr["improvement"] == pytest.approx(thr["patched"] / thr["upstream"])
-    # The image workload really sent the images: bench_serving counted vision tokens from the processor.
-    img_run = doc["results"]["images"]["patched"]["runs"][0]
-    assert img_run["total_input_vision_tokens"] > 0
-    # The markdown table names both engines' numbers for every metric.
-    assert "| chat | median TPOT (ms) |" in md and "| images | duration (s) |" in md
-    assert f"{tpot['improvement']:.2f}x" in md
-    assert doc["meta"]["load_format"] == "dummy" and doc["meta"]["commit"]
+    assert tpot["upstream"]["median"] > 2 * tpot["patched"]["median"] and tpot["ratio"] > 2
+    assert tpot["ratio"] == pytest.approx(tpot["upstream"]["median"] / tpot["patched"]["median"])
+    acc = rows[("chat", "accept_length")]
+    assert acc["ratio"] == pytest.approx(sab_accept("patched", 4) / sab_accept("upstream", 4))
+    # The markdown: median [min-max] n, hint for 2 repeats, ratio, spread and the per-workload server table.
+    assert "| workload | metric | upstream | patched | ratio | spread |" in md
+    line = next(ln for ln in md.splitlines() if ln.startswith("| chat | median TPOT (ms) |"))
+    assert "n=2 hint" in line and f"{tpot['ratio']:.2f}x" in line and "outside spread (hint)" in line
+    assert "| upstream | 3337548 | 2670038 | 48 | 1 | 1 |" in md
+    assert "| patched | 7787613 | 6230090 | 48 | 0 | 0 |" in md  # images: compiles fell in chat's passes
+    assert "?" not in md.splitlines()[0]
 
 
+def sab_accept(engine, requests):
+    return ACCEPT_BASE[engine] + 0.001 * requests
+
+
+def test_server_dying_mid_run_keeps_finished_passes(tiny_dir, tmp_path, client_python):
+    port = _free_port()
+    # Passes of 1 warm-up request + prompts: warm-up = requests 1-3, repeat 0 = 4-7, repeat 1 = 8-11.
+    args, rec = _base_args(tiny_dir, tmp_path, port, _standin_cmd("--mode die-on-request --die-after 9"))
+    args += ["--engines", "patched", "--workloads", "chat", "--num-prompts", "3", "--warmup-prompts", "2",
+             "--repeats", "3", "--bench-python", client_python, "--name", "serve_ab_dies",
+             "--bench-args", "--random-input-len 8 --random-output-len 4 --warmup-requests 1"]
+    proc = _run_serve_ab(args)
+    assert proc.returncode == 2
+    assert "[patched] server exited with status 7 while bench_serving ran workload 'chat' (repeat 1, seed 3)" \
+        in proc.stderr
+    assert "finished passes kept in" in proc.stderr
+    assert _pids_alive(rec) == []
+    doc = _doc(tmp_path, "serve_ab_dies")
+    assert doc["status"] == "failed" and "status 7" in doc["error"]
+    assert [(r["kind"], r["rep"], r["seed"], r["status"]) for r in doc["runs"]] == \
+        [("warmup", 0, 1, "ok"), ("timed", 0, 2, "ok"), ("timed", 1, 3, "failed")]
+    assert "server exited with status 7" in doc["runs"][2]["error"]
+    assert doc["servers"][0]["status"] == "failed"
+    s = doc["summary"]["chat"]["patched"]
+    assert s["n"] == 1 and s["metrics"]["duration"]["median"] == doc["runs"][1]["result"]["duration"]
+    assert not (tmp_path / "out" / "serve_ab_dies.md").exists()
+
+
+def test_json_is_written_after_every_pass(tiny_dir, tmp_path, client_python):
+    # serve_ab killed with SIGKILL (no handler runs) part-way: the passes it finished are on disk.
+    port = _free_port()
+    args, rec = _base_args(tiny_dir, tmp_path, port, _standin_cmd("--token-delay-ms 20"))
+    args += ["--engines", "patched", "--workloads", "chat", "--num-prompts", "2", "--warmup-prompts", "2",
+             "--repeats", "8", "--bench-python", client_python, "--name", "serve_ab_killed",
+             "--bench-args", "--random-input-len 8 --random-output-len 8 --warmup-requests 1"]
+    path = tmp_path / "out" / "serve_ab_killed.json"
+    proc = subprocess.Popen([sys.executable, SERVE_AB, *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        done = []
+        while time.monotonic() < deadline and len(done) < 3:
+            assert proc.poll() is None, "serve_ab ended before it was killed"
+            if path.exists():
+                done = [r for r in json.loads(path.read_text())["runs"] if r["status"] == "ok"]
+            time.sleep(0.05)
+        assert len(done) >= 3
+    finally:
+        proc.kill()
+        proc.wait()
+        for pid in _pids_alive(rec):  # the stand-in server serve_ab had started
+            os.kill(pid, 9)
+    doc = json.loads(path.read_text())
+    assert doc["status"] == "running" and doc["servers"][0]["status"] == "running"
+    ok = [r for r in doc["runs"] if r["status"] == "ok"]
+    assert [(r["kind"], r["seed"]) for r in ok[:3]] == [("warmup", 1), ("timed", 2), ("timed", 3)]
+    assert doc["summary"]["chat"]["patched"]["n"] == len(ok) - 1
+    assert not (tmp_path / "out" / "serve_ab_killed.md").exists()
+
+
+def test_merge_two_single_engine_files(tiny_dir, tmp_path, client_python):
+    port = _free_port()
+    files = {}
+    for eng in ("upstream", "patched"):
+        args, rec = _base_args(tiny_dir, tmp_path, port, _speed_cmd("--no-log-facts"))
+        args += ["--engines", eng, "--workloads", "chat", "--num-prompts", "3", "--warmup-prompts", "2",
+                 "--repeats", "2", "--bench-python", client_python, "--name", f"serve_ab_{eng}",
+                 "--bench-args", "--random-input-len 8 --random-output-len 12 --warmup-requests 1"]
+        proc = _run_serve_ab(args)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        files[eng] = str(tmp_path / "out" / f"serve_ab_{eng}.json")
+    # A single-engine run names its engine's version, not "?".
+    title = (tmp_path / "out" / "serve_ab_upstream.md").read_text().splitlines()[0]
+    assert title.startswith(f"# bench_serving A/B: upstream: sglang {INSTALLED} (series ")
+    up, pa = (json.load(open(files[e])) for e in ("upstream", "patched"))
+    assert up["servers"][0]["log_info"]["full_layer_tokens"] is None  # no pool line: recorded as None
+
+    merged_dir = tmp_path / "merged"
+    proc = _run_serve_ab(["merge", files["upstream"], files["patched"], "--out", str(merged_dir),
+                          "--name", "serve_ab_m"])
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((merged_dir / "serve_ab_m.json").read_text())
+    md = (merged_dir / "serve_ab_m.md").read_text()
+    assert [i["file"] for i in m["inputs"]] == ["serve_ab_upstream.json", "serve_ab_patched.json"]
+    assert len(m["runs"]) == len(up["runs"]) + len(pa["runs"]) == 6
+    assert {r["source"] for r in m["runs"]} == {"serve_ab_upstream.json", "serve_ab_patched.json"}
+    rows = {r["metric"]: r for r in m["rows"]}
+    u_tpot = statistics.median(r["result"]["median_tpot_ms"] for r in up["runs"] if r["kind"] == "timed")
+    p_tpot = statistics.median(r["result"]["median_tpot_ms"] for r in pa["runs"] if r["kind"] == "timed")
+    assert rows["median_tpot_ms"]["upstream"]["median"] == pytest.approx(u_tpot)
+    assert rows["median_tpot_ms"]["ratio"] == pytest.approx(u_tpot / p_tpot) and u_tpot / p_tpot > 2
+    assert rows["median_tpot_ms"]["spread"] == "outside spread"
+    line = next(ln for ln in md.splitlines() if ln.startswith("| chat | median TPOT (ms) |"))
+    assert f"{u_tpot / p_tpot:.2f}x" in line and "outside spread (hint)" in line
+    assert "| upstream | - | - | - | 0 | 0 |" in md and "| patched | - | - | - | 0 | 0 |" in md
+    assert "serve_ab_upstream.json (complete)" in md and "serve_ab_patched.json (complete)" in md
+
+    def refuse(mutate, expect):
+        bad = json.load(open(files["patched"]))
+        mutate(bad)
+        path = tmp_path / "bad.json"
+        path.write_text(json.dumps(bad))
+        proc = _run_serve_ab(["merge", files["upstream"], str(path), "--out", str(merged_dir), "--name", "serve_ab_x"])
+        assert proc.returncode == 2, proc.stdout
+        assert files["upstream"] in proc.stderr and str(path) in proc.stderr and expect in proc.stderr, proc.stderr
+
+    refuse(lambda d: d["meta"].update(model="google/gemma-4-E4B-it"), "disagree on model")
+    refuse(lambda d: d["meta"].update(load_format=None), "disagree on load format")
+    refuse(lambda d: d["meta"].update(extra_server_args=["--chunked-prefill-size", "4096"]),
+           "disagree on extra server args")
+    refuse(lambda d: d["workloads"]["chat"].update(
+        bench_args=sab.set_flag(d["workloads"]["chat"]["bench_args"], "--num-prompts", "4")),
+        "disagree on workload 'chat'")
+    refuse(lambda d: [r.update(engine="upstream") for r in d["runs"]],
+           "both hold engine 'upstream' on workload 'chat'")
+    assert not (merged_dir / "serve_ab_x.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the real bench_serving
+# ---------------------------------------------------------------------------------------------------------
+def test_real_bench_serving(tiny_dir, tmp_path):
+    port = _free_port()
+    args, rec = _base_args(tiny_dir, tmp_path, port, _standin_cmd("--compile-on-request 2:0"))
+    args += ["--engines", "patched", "--workloads", "images-nocache", "--num-prompts", "3",
+             "--warmup-prompts", "2", "--repeats", "1",
+             "--bench-args", "--random-input-len 40 --random-output-len 8 --warmup-requests 1 --image-count 2"]
+    proc = _run_serve_ab(args)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    doc = _doc(tmp_path)
+    md = (tmp_path / "out" / "serve_ab.md").read_text()
+    starts = _starts(rec)
+    assert len(starts) == 1 and _pids_alive(rec) == []
+    assert "--disable-radix-cache" in starts[0]["server_args"] and starts[0]["vlm_cache_mb"] == "0"
+    assert [(r["kind"], r["seed"], r["num_prompts"]) for r in doc["runs"]] == [("warmup", 1, 2), ("timed", 2, 3)]
+    for r in doc["runs"]:
+        # bench_serving itself took the seed and the replaced prompt count, and completed every prompt.
+        bench_log = open(os.path.join(doc["meta"]["log_dir"], r["bench_log"])).read()
+        assert f"num_prompts={r['num_prompts']}," in bench_log and f"seed={r['seed']}," in bench_log
+        assert r["result"]["completed"] == r["num_prompts"] and r["result"]["duration"] > 0
+        assert r["result"]["median_ttft_ms"] > 0 and r["result"]["accept_length"] is None
+        assert r["result"]["total_input_vision_tokens"] > 0  # the images were sent
+    a, b = (_pass_hashes(tmp_path, doc, r) for r in doc["runs"])  # images differ by seed
+    assert len(a) == 2 and len(b) == 3 and not (a & b)
+    assert [c["kernel"] for c in doc["runs"][0]["compile_lines"]] == ["stand_in_kernel_r2"]
+    assert doc["runs"][1]["compile_lines"] == []
+    assert doc["servers"][0]["log_info"]["full_layer_tokens"] == POOLS["patched"][0]
+    assert doc["meta"]["commit_source"] == "git checkout"
+    assert md.splitlines()[0].startswith(f"# bench_serving A/B: patched: sglang {INSTALLED} (series ")
+    assert "n=1 hint" in md and "| patched | 7787613 | 6230090 | 4096 | 1 | 0 |" in md
+
+
+# ---------------------------------------------------------------------------------------------------------
+# failure paths
+# ---------------------------------------------------------------------------------------------------------
 def test_server_exiting_before_ready_is_reported(tiny_dir, tmp_path):
     port = _free_port()
     args, rec = _base_args(tiny_dir, tmp_path, port, _standin_cmd("--mode exit-early"))
@@ -248,6 +882,8 @@ def test_server_exiting_before_ready_is_reported(tiny_dir, tmp_path):
     assert "[upstream] server exited with status 3 before it became ready" in proc.stderr
     assert "simulated crash during start-up" in proc.stderr  # the log tail is shown
     assert not (tmp_path / "out" / "serve_ab.md").exists()
+    doc = _doc(tmp_path)
+    assert doc["status"] == "failed" and doc["runs"] == [] and doc["servers"][0]["status"] == "failed"
 
 
 def test_port_taken_is_reported(tiny_dir, tmp_path):
@@ -275,13 +911,23 @@ def test_readiness_timeout_is_reported_and_server_stopped(tiny_dir, tmp_path):
 
 
 def test_server_dying_during_benchmark_is_reported(tiny_dir, tmp_path):
+    # The real bench_serving on the random data set (the pass's own synthetic file): its 2 warm-up requests
+    # are served, the server dies on the first prompt of the warm-up pass.
     port = _free_port()
     args, rec = _base_args(tiny_dir, tmp_path, port, _standin_cmd("--mode die-on-request"))
     proc = _run_serve_ab(args + ["--workloads", "chat", "--num-prompts", "4", "--engines", "patched",
                                  "--bench-args", "--random-input-len 20 --random-output-len 4"])
     assert proc.returncode == 2
-    assert "[patched] server exited with status 7 while bench_serving ran workload 'chat'" in proc.stderr
+    assert "[patched] server exited with status 7 while bench_serving ran workload 'chat' (warm-up, seed 1)" \
+        in proc.stderr
     assert _pids_alive(rec) == []
+    doc = _doc(tmp_path)
+    assert doc["status"] == "failed" and "status 7" in doc["error"]
+    (warm,) = doc["runs"]
+    assert (warm["kind"], warm["seed"], warm["num_prompts"], warm["status"]) == ("warmup", 1, 4, "failed")
+    bench_log = open(os.path.join(doc["meta"]["log_dir"], warm["bench_log"])).read()
+    assert "seed=1," in bench_log and "num_prompts=4," in bench_log and "sharegpt-chat-seed1.json" in bench_log
+    assert warm["log_range"][1] > warm["log_range"][0]  # the requests it sent are in the server log's range
 
 
 def test_bad_arguments_are_reported(tiny_dir, tmp_path):
@@ -295,3 +941,12 @@ def test_bad_arguments_are_reported(tiny_dir, tmp_path):
     bad[bad.index("--upstream-python") + 1] = str(tmp_path / "nope" / "python")
     proc = _run_serve_ab(bad)
     assert proc.returncode == 2 and "make engine-upstream" in proc.stderr
+    proc = _run_serve_ab(args + ["--name", "results"])
+    assert proc.returncode == 2 and "--name must start with 'serve_ab'" in proc.stderr
+    proc = _run_serve_ab(["merge", str(tmp_path / "missing.json"), str(tmp_path / "missing2.json")])
+    assert proc.returncode == 2 and "cannot read" in proc.stderr
+    proc = _run_serve_ab(["merge", "a.json", "b.json", "--name", "merged"])
+    assert proc.returncode == 2 and "--name must start with 'serve_ab'" in proc.stderr
+    proc = _run_serve_ab(["merge", str(tmp_path / "serve_ab_a.json"), "b.json", "--out", str(tmp_path),
+                          "--name", "serve_ab_a"])
+    assert proc.returncode == 2 and "is one of its inputs" in proc.stderr
