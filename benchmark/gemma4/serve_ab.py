@@ -652,6 +652,10 @@ class Plan:
     mtp_flags: List[str] = field(default_factory=list)
     flush: bool = True
     env: Dict[str, str] = field(default_factory=dict)
+    # Per-workload prompt counts (``--num-prompts chat=48,summarization=24``); they win over num_prompts.
+    num_prompts_for: Dict[str, int] = field(default_factory=dict)
+    # Shell command run against each live server after its passes ({port} {engine} {model} {host}).
+    after_passes: Optional[str] = None
 
     def profiles(self) -> List[Profile]:
         """Workloads grouped by identical server arguments and environment, in order of first appearance."""
@@ -674,8 +678,9 @@ class Plan:
     def bench_args(self, wl: Workload) -> List[str]:
         """The workload's bench_serving arguments after the --num-prompts override, plus --bench-args."""
         args = list(wl.bench_args)
-        if self.num_prompts:
-            args = set_flag(args, "--num-prompts", str(self.num_prompts))
+        count = self.num_prompts_for.get(wl.name, self.num_prompts)
+        if count:
+            args = set_flag(args, "--num-prompts", str(count))
         return args + list(self.bench_extra)
 
     def prompts(self, wl: Workload) -> int:
@@ -884,6 +889,54 @@ def run_pass(plan: Plan, server: Server, engine: str, wl: Workload, profile: str
     return rec
 
 
+def run_after_passes(plan: Plan, engine: str, profile: str) -> Dict[str, Any]:
+    """Run ``--after-passes`` against the live server; its failure is recorded, not raised."""
+    try:
+        cmd = plan.after_passes.format(port=plan.port, engine=engine, model=shlex.quote(plan.model), host=HOST)
+    except (KeyError, IndexError) as e:
+        return {"cmd": plan.after_passes, "rc": None, "error": f"unknown placeholder {e}"}
+    log_path = os.path.join(plan.log_dir, f"after-{engine}-{profile}.log")
+    t0 = time.monotonic()
+    with open(log_path, "w", encoding="utf-8") as log:
+        log.write(f"$ {cmd}\n")
+        log.flush()
+        try:
+            rc = subprocess.run(["bash", "-c", cmd], stdout=log, stderr=subprocess.STDOUT, env=plan.env,
+                                cwd=REPO, timeout=plan.bench_timeout_s).returncode
+        except subprocess.TimeoutExpired:
+            rc = None
+    print(f"[{engine}/{profile}] after-passes command exited {rc}; log {log_path}", flush=True)
+    return {"cmd": cmd, "rc": rc, "seconds": round(time.monotonic() - t0, 1),
+            "log": os.path.relpath(log_path, plan.log_dir)}
+
+
+def parse_num_prompts(spec: Optional[str], workloads: Sequence[str]) -> Tuple[Optional[int], Dict[str, int]]:
+    """``N`` (every workload) or ``name=N,name=N`` (those workloads)."""
+    if spec is None:
+        return None, {}
+    spec = str(spec).strip()
+
+    def count(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise ServeABError(f"--num-prompts needs whole numbers, got {text!r}") from None
+        if n < 1:
+            raise ServeABError("--num-prompts must be at least 1")
+        return n
+
+    if "=" not in spec:
+        return count(spec), {}
+    per: Dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, value = part.partition("=")
+        if name not in workloads:
+            raise ServeABError(f"--num-prompts names {name!r}, which is not one of the workloads run "
+                               f"({', '.join(workloads)})")
+        per[name] = count(value)
+    return None, per
+
+
 def run_ab(plan: Plan, recorder: Recorder) -> None:
     """Start one server per (engine, server profile), run every pass of its workloads, record as it goes."""
     doc = recorder.doc
@@ -911,7 +964,7 @@ def run_ab(plan: Plan, recorder: Recorder) -> None:
                     "cmd": cmd, "env": dict(profile.server_env), "log": os.path.relpath(log_path, plan.log_dir),
                     "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                     "ready_s": None, "status": "starting", "error": None, "log_info": None,
-                    "compile_lines_outside_passes": None,
+                    "compile_lines_outside_passes": None, "after_passes": None,
                 }
                 doc["servers"].append(srec)
                 print(f"[{engine}/{profile.name}] starting: {' '.join(cmd)}", flush=True)
@@ -930,6 +983,9 @@ def run_ab(plan: Plan, recorder: Recorder) -> None:
                                   f"duration {res['duration']:.2f}s, median TTFT {res.get('median_ttft_ms')}, "
                                   f"median TPOT {res.get('median_tpot_ms')}, compile lines {len(r['compile_lines'])}",
                                   flush=True)
+                    if plan.after_passes:
+                        srec["after_passes"] = run_after_passes(plan, engine, profile.name)
+                        recorder.write()
                     srec["status"] = "done"
                 except ServeABError as e:
                     srec["status"], srec["error"] = "failed", str(e)
@@ -1165,7 +1221,11 @@ def _run_parser(sub) -> argparse.ArgumentParser:
     ap.add_argument("--bench-args", default="", help="extra bench_serving arguments, appended last (one string)")
     ap.add_argument("--load-format", default=None,
                     help="default: dummy for a directory without weight files, else the server's default")
-    ap.add_argument("--num-prompts", type=int, default=None, help="replace every workload's prompt count")
+    ap.add_argument("--num-prompts", default=None,
+                    help="replace the prompt count: N for every workload, or name=N,name=N for some")
+    ap.add_argument("--after-passes", default=None,
+                    help="shell command run against each live server after its passes "
+                         "(placeholders {port} {engine} {model} {host}); failure is recorded, not fatal")
     ap.add_argument("--warmup-prompts", type=int, default=16, help="prompts of the warm-up pass (capped)")
     ap.add_argument("--repeats", type=int, default=3, help="timed passes per engine and workload")
     ap.add_argument("--base-seed", type=int, default=1, help="warm-up seed; repeat r uses base + 1 + r")
@@ -1204,13 +1264,12 @@ def _make_plan(ns: argparse.Namespace) -> Tuple[Plan, Dict[str, Any]]:
         raise ServeABError("--warmup-prompts must be at least 1")
     if not 0 < ns.port < 65536:
         raise ServeABError(f"--port {ns.port} is not a TCP port")
-    if ns.num_prompts is not None and ns.num_prompts < 1:
-        raise ServeABError("--num-prompts must be at least 1")
     engines = [e.strip() for e in ns.engines.split(",") if e.strip()]
     bad = [e for e in engines if e not in ENGINES]
     if bad or not engines or len(set(engines)) != len(engines):
         raise ServeABError(f"--engines must name upstream, patched or both (once each), got {ns.engines!r}")
     workloads = parse_workloads(ns.workloads)
+    num_prompts, num_prompts_for = parse_num_prompts(ns.num_prompts, [w.name for w in workloads])
     model = ns.model
     if os.path.exists(model):
         model = os.path.abspath(model)
@@ -1240,7 +1299,8 @@ def _make_plan(ns: argparse.Namespace) -> Tuple[Plan, Dict[str, Any]]:
         model=model, workloads=workloads, pythons=pythons, bench_python=bench_python, engines=engines,
         port=ns.port, ready_timeout_s=ns.ready_timeout, bench_timeout_s=ns.bench_timeout,
         server_cmd=ns.server_cmd, extra_server_args=shlex.split(ns.server_args), bench_extra=bench_extra,
-        load_format=load_format, num_prompts=ns.num_prompts, repeats=ns.repeats,
+        load_format=load_format, num_prompts=num_prompts, num_prompts_for=num_prompts_for,
+        after_passes=ns.after_passes, repeats=ns.repeats,
         log_dir=os.path.join(os.path.abspath(ns.log_dir), ns.name), dataset_path=dataset_path,
         warmup_prompts=ns.warmup_prompts, base_seed=ns.base_seed, order=ns.order,
         mtp_flags=mtp_flags(draft) if draft else [], flush=not ns.no_flush, env=env,

@@ -950,3 +950,46 @@ def test_bad_arguments_are_reported(tiny_dir, tmp_path):
     proc = _run_serve_ab(["merge", str(tmp_path / "serve_ab_a.json"), "b.json", "--out", str(tmp_path),
                           "--name", "serve_ab_a"])
     assert proc.returncode == 2 and "is one of its inputs" in proc.stderr
+
+
+def test_per_workload_prompt_counts():
+    assert sab.parse_num_prompts(None, ["chat"]) == (None, {})
+    assert sab.parse_num_prompts("7", ["chat"]) == (7, {})
+    assert sab.parse_num_prompts("chat=48, summarization=24", ["chat", "summarization"]) == \
+        (None, {"chat": 48, "summarization": 24})
+    for bad, msg in (("images=3", "not one of the workloads run"), ("chat=x", "whole numbers"), ("0", "at least 1"),
+                     ("chat=0", "at least 1")):
+        with pytest.raises(sab.ServeABError, match=msg):
+            sab.parse_num_prompts(bad, ["chat"])
+    chat, summ = sab.WORKLOADS["chat"], sab.WORKLOADS["summarization"]
+    plan = sab.Plan(model="m", workloads=[chat, summ], pythons={}, bench_python="", engines=["patched"], port=1,
+                    ready_timeout_s=1, bench_timeout_s=1, server_cmd="", extra_server_args=[], bench_extra=[],
+                    load_format=None, num_prompts=None, repeats=1, log_dir="/l", dataset_path=None,
+                    num_prompts_for={"summarization": 24})
+    assert plan.prompts(summ) == 24 and plan.prompts(chat) == 80  # chat keeps its own 80
+    assert plan.bench_args(summ).count("--num-prompts") == 1
+
+
+def test_after_passes_command_runs_against_each_live_server(tiny_dir, tmp_path, client_python):
+    port = _free_port()
+    args, rec = _base_args(tiny_dir, tmp_path, port, _standin_cmd())
+    seen = tmp_path / "seen.txt"
+    # The command reaches the live server (its /v1/models answers) and knows which engine it is.
+    probe = (f"{sys.executable} -c \"import urllib.request,sys; "
+             f"urllib.request.urlopen('http://{{host}}:{{port}}/v1/models', timeout=5); "
+             f"open('{seen}', 'a').write('{{engine}}\\n')\"")
+    args += ["--workloads", "chat", "--num-prompts", "chat=2", "--warmup-prompts", "1", "--repeats", "1",
+             "--bench-python", client_python, "--after-passes", probe,
+             "--bench-args", "--random-input-len 8 --random-output-len 8 --warmup-requests 1"]
+    proc = _run_serve_ab(args)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert seen.read_text().split() == ["upstream", "patched"]
+    doc = _doc(tmp_path)
+    assert [s["after_passes"]["rc"] for s in doc["servers"]] == [0, 0]
+    assert all(r["num_prompts"] == 2 for r in doc["runs"] if r["kind"] == "timed")
+    # A failing command is recorded, not fatal.
+    args2 = [a if a != probe else "exit 5" for a in args] + ["--name", "serve_ab_fail"]
+    proc = _run_serve_ab(args2)
+    assert proc.returncode == 0
+    doc = json.loads((tmp_path / "out" / "serve_ab_fail.json").read_text())
+    assert [s["after_passes"]["rc"] for s in doc["servers"]] == [5, 5]
