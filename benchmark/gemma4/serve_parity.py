@@ -398,7 +398,8 @@ def load_collected(path: str) -> Dict[str, Any]:
     return data
 
 
-def load_hf_model(model_dir: str, device: str = "cpu", dtype: str = "bfloat16"):
+def load_hf_model(model_dir: str, device: str = "cpu", dtype: str = "bfloat16",
+                  experts_implementation: Optional[str] = None):
     """transformers' Gemma4ForConditionalGeneration built on ``device`` (no init, no host copy of the whole
     model) and filled from the directory's safetensors shards. Every model tensor must come from the files;
     file tensors the model has no slot for must be ones transformers itself ignores on load (the KV-shared
@@ -418,8 +419,9 @@ def load_hf_model(model_dir: str, device: str = "cpu", dtype: str = "bfloat16"):
     cfg = transformers.AutoConfig.from_pretrained(model_dir)
     if cfg.model_type != "gemma4":
         raise BadInput(f"{model_dir}: model_type {cfg.model_type!r}, expected a gemma4 target")
+    kwargs = {"experts_implementation": experts_implementation} if experts_implementation else {}
     with torch.device(device), no_init_weights():
-        model = transformers.Gemma4ForConditionalGeneration._from_config(cfg, dtype=getattr(torch, dtype))
+        model = transformers.Gemma4ForConditionalGeneration._from_config(cfg, dtype=getattr(torch, dtype), **kwargs)
     model.eval()
     tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
     slots = dict(model.named_parameters())
@@ -526,7 +528,8 @@ def hf_score(model, processor, collected: Dict[str, Any], device: str, text_limi
 
 
 def run_hf(model_dir: str, collected_paths: Sequence[str], out_paths: Sequence[str], device: str,
-           dtype: str = "bfloat16", text_limit: Optional[int] = None) -> List[Dict[str, Any]]:
+           dtype: str = "bfloat16", text_limit: Optional[int] = None,
+           experts_implementation: Optional[str] = None) -> List[Dict[str, Any]]:
     import torch
     import transformers
 
@@ -536,7 +539,7 @@ def run_hf(model_dir: str, collected_paths: Sequence[str], out_paths: Sequence[s
         raise BadInput(f"--dtype {dtype!r}: use bfloat16 or float32")
     datas = [load_collected(p) for p in collected_paths]
     t0 = time.monotonic()
-    model, load_info = load_hf_model(model_dir, device, dtype)
+    model, load_info = load_hf_model(model_dir, device, dtype, experts_implementation)
     processor = transformers.AutoProcessor.from_pretrained(model_dir)
     load_s = time.monotonic() - t0
     image_token_id = model.config.image_token_id
@@ -553,6 +556,7 @@ def run_hf(model_dir: str, collected_paths: Sequence[str], out_paths: Sequence[s
                 "device": device,
                 "dtype": dtype,
                 "attn_implementation": model.config._attn_implementation,
+                "experts_implementation": getattr(model.config.get_text_config(), "_experts_implementation", None),
                 "transformers": transformers.__version__,
                 "torch": torch.__version__,
                 "load_seconds": round(load_s, 2),
@@ -905,6 +909,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     h.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
     h.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     h.add_argument("--text-prompts", type=int, default=None, help="score only the first K text prompts")
+    h.add_argument("--experts-implementation", default=None, choices=("eager", "grouped_mm", "batched_mm"),
+                   help="transformers' MoE expert kernel (default: transformers' choice, grouped_mm)")
     r = sub.add_parser("report", help="compare two collect files (and their hf files)")
     r.add_argument("--a", required=True)
     r.add_argument("--b", required=True)
@@ -933,7 +939,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             import torch
 
             device = ns.device or ("cuda" if torch.cuda.is_available() else "cpu")
-            for res, path in zip(run_hf(ns.model_dir, ns.collected, ns.out, device, ns.dtype, ns.text_prompts), ns.out):
+            results = run_hf(ns.model_dir, ns.collected, ns.out, device, ns.dtype, ns.text_prompts,
+                             ns.experts_implementation)
+            for res, path in zip(results, ns.out):
                 m = res["meta"]
                 print(f"{path}: {len(res['text'])} text + {len(res['image'])} image prompts scored"
                       f" (load {m['load_seconds']} s, score {m['score_seconds']} s)")

@@ -494,7 +494,7 @@ _SGLANG_LOAD = textwrap.dedent(
         model = original(*a, **k)
         with torch.no_grad():
             for n, t in persistent(model).items():
-                initial[n] = t.detach().clone()
+                initial[n] = float(t.float().max()) if t.numel() <= 16 else None  # constructor value of small tensors
                 t.fill_(POISON if t.is_floating_point() else -7)
         return model
 
@@ -504,8 +504,7 @@ _SGLANG_LOAD = textwrap.dedent(
         loader = get_model_loader(LoadConfig(load_format="safetensors"), cfg)
         model = loader.load_model(model_config=cfg, device_config=DeviceConfig("cpu"))
         state = persistent(model)
-        left = {n: float(initial[n].float().max()) for n, t in state.items()
-                if (t == (POISON if t.is_floating_point() else -7)).any()}
+        left = {n: initial[n] for n, t in state.items() if (t == (POISON if t.is_floating_point() else -7)).any()}
         f = file_tensors(path)
         def diff(a, b):
             return float((a.float() - b.float()).abs().max()) if a.shape == b.shape else f"shape {tuple(a.shape)} vs {tuple(b.shape)}"
@@ -590,3 +589,14 @@ def test_sglang_real_loader_fills_every_parameter(tiny_weights, real_dirs):
     # Checkpoint sizes at bf16 (about 2 bytes per parameter of the published models).
     assert 9e9 < got["e2b"]["bytes"] < 11e9 and 50e9 < got["26b-a4b"]["bytes"] < 53e9
     assert 58e9 < got["31b"]["bytes"] < 66e9
+
+
+def test_weights_probe_failure_keeps_the_checkpoint(tmp_path, monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("no kernel")
+
+    monkeypatch.setattr(mmd, "probe_logits", broken)
+    info = mmd.write_weights("tiny", str(tmp_path / "p"), seed=0)
+    assert info["probe_error"] == "RuntimeError: no kernel" and "probe" not in info
+    assert _file_tensors(str(tmp_path / "p"))  # shards written before the probe
+    assert json.load(open(tmp_path / "p" / mmd.INFO_FILE))["probe_error"] == "RuntimeError: no kernel"
