@@ -490,40 +490,56 @@ def teacher_force(model, inputs: Dict[str, Any], output_ids: List[int]) -> Tuple
 
 def hf_score(model, processor, collected: Dict[str, Any], device: str, text_limit: Optional[int] = None,
              image_token_id: Optional[int] = None) -> Dict[str, Any]:
-    """transformers' logprobs for every engine output of one collect file."""
-    from PIL import Image
+    """transformers' logprobs for every engine output of one collect file.
 
-    def check_ids(kind: str, rec: Dict[str, Any], ids: List[int]) -> Dict[str, Any]:
-        if len(ids) != rec["prompt_tokens"]:
-            raise BadInput(f"{kind} prompt {rec['index']}: transformers' processor gives {len(ids)} prompt tokens, "
-                           f"the engine counted {rec['prompt_tokens']}")
-        eng = rec.get("prompt_token_ids")
-        if eng is None or len(eng) != len(ids):
-            return {"prompt_ids_compared": False}
-        diff = [i for i, (a, b) in enumerate(zip(ids, eng)) if a != b and a != image_token_id]
-        return {"prompt_ids_compared": True, "prompt_id_mismatches": len(diff), "first_prompt_id_mismatch": diff[0] if diff else None}
+    Text prompts are fed as the engine's own prompt ids when the collect file has them (the tokenizer's
+    ids otherwise; whether the two agree is recorded). Image prompts are rebuilt by the processor from the
+    same text and regenerated images; a prompt whose length differs from the engine's ``prompt_tokens`` is
+    recorded with an ``error`` (no logprobs) and listed in ``errors``, and the other prompts are scored.
+    """
+    import torch
+    from PIL import Image
 
     cfg = model.config
     mm_ids = {getattr(cfg, k, None) for k in ("image_token_id", "video_token_id", "audio_token_id")} - {None}
-    out = {"text": [], "image": []}
+    out: Dict[str, Any] = {"text": [], "image": [], "errors": []}
     texts = collected["text"] if text_limit is None else collected["text"][:text_limit]
     for rec in texts:
-        inputs = processor.tokenizer(rec["text"], return_tensors="pt")
-        info = check_ids("text", rec, inputs["input_ids"][0].tolist())
-        chosen, top2 = teacher_force(model, dict(inputs), rec["output_ids"])
+        tok_ids = processor.tokenizer(rec["text"])["input_ids"]
+        eng = rec.get("prompt_token_ids")
+        ids = eng if eng is not None else tok_ids
+        info: Dict[str, Any] = {"prompt_ids_from": "engine" if eng is not None else "tokenizer",
+                                "tokenizer_agrees": (tok_ids == eng) if eng is not None else None}
+        if len(ids) != rec["prompt_tokens"]:
+            msg = (f"text prompt {rec['index']}: {len(ids)} prompt ids ({info['prompt_ids_from']}), "
+                   f"the engine counted {rec['prompt_tokens']}")
+            out["errors"].append(msg)
+            out["text"].append(dict(index=rec["index"], output_ids=rec["output_ids"], error=msg))
+            continue
+        inputs = {"input_ids": torch.tensor([ids], dtype=torch.long)}
+        chosen, top2 = teacher_force(model, inputs, rec["output_ids"])
         out["text"].append(dict(index=rec["index"], output_ids=rec["output_ids"], hf_logprobs=chosen, hf_top2=top2,
                                 output_mm_tokens=sum(t in mm_ids for t in rec["output_ids"][:-1]), **info))
     for rec in collected["image"]:
         images = [Image.open(io.BytesIO(b)).convert("RGB") for b in prompt_images(rec)]
         inputs = processor(text=[rec["text"]], images=images, return_tensors="pt", **_processor_kwargs(processor, device))
-        info = check_ids("image", rec, inputs["input_ids"][0].tolist())
+        ids = inputs["input_ids"][0].tolist()
         pos = inputs["image_position_ids"]
-        valid = [int((p[:, 0] >= 0).sum()) for p in pos]
+        base = dict(index=rec["index"], image_sizes=rec["image_sizes"], output_ids=rec["output_ids"],
+                    valid_patches=[int((p[:, 0] >= 0).sum()) for p in pos], total_patches=int(pos.shape[1]))
+        if len(ids) != rec["prompt_tokens"]:
+            msg = (f"image prompt {rec['index']}: transformers' processor gives {len(ids)} prompt tokens, "
+                   f"the engine counted {rec['prompt_tokens']}")
+            out["errors"].append(msg)
+            out["image"].append(dict(base, error=msg))
+            continue
+        eng = rec.get("prompt_token_ids")
+        if eng is not None and len(eng) == len(ids):
+            diff = [i for i, (a, b) in enumerate(zip(ids, eng)) if a != b and a != image_token_id]
+            base.update(prompt_id_mismatches=len(diff), first_prompt_id_mismatch=diff[0] if diff else None)
         chosen, top2 = teacher_force(model, dict(inputs), rec["output_ids"])
-        out["image"].append(dict(index=rec["index"], image_sizes=rec["image_sizes"], output_ids=rec["output_ids"],
-                                 valid_patches=valid, total_patches=int(pos.shape[1]), hf_logprobs=chosen,
-                                 hf_top2=top2, output_mm_tokens=sum(t in mm_ids for t in rec["output_ids"][:-1]),
-                                 **info))
+        out["image"].append(dict(base, hf_logprobs=chosen, hf_top2=top2,
+                                 output_mm_tokens=sum(t in mm_ids for t in rec["output_ids"][:-1])))
     return out
 
 
@@ -567,6 +583,9 @@ def run_hf(model_dir: str, collected_paths: Sequence[str], out_paths: Sequence[s
         }
         _write_json(out_path, res)
         results.append(res)
+    errors = [f"{os.path.basename(p)}: {e}" for p, r in zip(collected_paths, results) for e in r["errors"]]
+    if errors:
+        raise BadInput("prompts not scored (the other prompts are in the --out files): " + "; ".join(errors))
     return results
 
 
@@ -616,6 +635,8 @@ def _hf_by_index(hf: Optional[Dict[str, Any]], kind: str, engine: Dict[str, Any]
     by = {}
     eng = {r["index"]: r for r in engine[kind]}
     for r in hf.get(kind, []):
+        if "error" in r:
+            continue
         e = eng.get(r["index"])
         if e is None or e["output_ids"] != r["output_ids"]:
             raise BadInput(f"{label}: {kind} prompt {r['index']} was scored for other output ids than the collect "
@@ -685,6 +706,7 @@ def build_report(a: Dict[str, Any], b: Dict[str, Any], hf_a: Optional[Dict[str, 
         if "valid_patches" in rec:
             rec["padded"] = any(v < rec["total_patches"] for v in rec["valid_patches"])
         image.append(rec)
+    hf_errors = [e for h in (hf_a, hf_b) if h for e in h.get("errors", [])]
     div = [t for t in text if not t["identical"]]
     summary: Dict[str, Any] = {
         "text_prompts": len(text),
@@ -695,6 +717,8 @@ def build_report(a: Dict[str, Any], b: Dict[str, Any], hf_a: Optional[Dict[str, 
         "image_prompts": len(image),
         "image_identical_outputs": sum(r["identical"] for r in image),
     }
+    if hf_errors:
+        summary["hf_errors"] = hf_errors
     both = [r for r in image if "hf_a" in r and "hf_b" in r and r.get("padded")]
     if both:
         summary["image_padded_b_closer_to_hf"] = sum(r["hf_b"]["max"] < r["hf_a"]["max"] for r in both)
@@ -776,6 +800,8 @@ def render_markdown(rep: Dict[str, Any], meta: Dict[str, Any]) -> str:
     if "image_padded_b_closer_to_hf" in s:
         lines.append(f"- Padded images where {eb} is closer to transformers than {ea} (max |delta|):"
                      f" {s['image_padded_b_closer_to_hf']} / {s['image_padded_with_both_hf']}.")
+    for err in s.get("hf_errors", []):
+        lines.append(f"- Not scored by transformers: {err}.")
     if s.get("outputs_feeding_back_mm_tokens"):
         lines.append(f"- {s['outputs_feeding_back_mm_tokens']} output(s) feed a generated image/video/audio token back;"
                      " transformers embeds it as <pad>, the engines may not: deltas after it are not comparable.")

@@ -504,6 +504,13 @@ def test_hf_names_prompt_length_mismatch_and_bad_files(hf_case, tmp_path):
                            "--out", str(tmp_path / "o.json"), "--device", "cpu"], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 2 and "image prompt 1" in proc.stderr and "engine counted" in proc.stderr
+    partial = json.load(open(tmp_path / "o.json"))  # the other prompts are scored and written
+    assert "error" in partial["image"][1] and "hf_logprobs" not in partial["image"][1]
+    assert all("hf_logprobs" in r for i, r in enumerate(partial["image"]) if i != 1)
+    assert len(partial["errors"]) == 1 and len(partial["text"]) == 3
+    rc = sp.main(["report", "--a", bad, "--b", bad, "--hf-a", str(tmp_path / "o.json"), "--out", str(tmp_path / "r"),
+                  "--name", "partial"])
+    assert rc == 0 and "Not scored by transformers: image prompt 1" in (tmp_path / "r" / "partial.md").read_text()
     proc = subprocess.run([sys.executable, SCRIPT, "hf", "--model-dir", hf_case["dir"], "--collected", bad, bad,
                            "--out", str(tmp_path / "o.json"), "--device", "cpu"], capture_output=True, text=True)
     assert proc.returncode == 2 and "2 --collected files but 1 --out" in proc.stderr
@@ -559,3 +566,22 @@ def test_parity_server_flags_resolve_in_sglang(tmp_path):
         assert r["cuda_graph_max_bs_decode"] == "8" and r["context_length"] == "4096" and r["random_seed"] == "0"
     assert got["plain"]["speculative_algorithm"] == "None"
     assert got["mtp"]["speculative_algorithm"] == "FROZEN_KV_MTP"
+
+
+def test_hf_text_prompts_use_the_engines_prompt_ids(hf_case, tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(hf_case["dir"])
+    coll = json.loads(json.dumps(hf_case["coll"]))
+    coll["image"] = []
+    same, other = coll["text"][0], coll["text"][1]
+    same["prompt_token_ids"] = tok(same["text"])["input_ids"]
+    other["prompt_token_ids"] = tok(other["text"])["input_ids"][1:]  # an engine that added no <bos>
+    other["prompt_tokens"] -= 1
+    path = _write(tmp_path, "c.json", coll)
+    res = sp.run_hf(hf_case["dir"], [path], [str(tmp_path / "h.json")], "cpu", "float32")[0]
+    t0, t1, t2 = res["text"]
+    assert t0["prompt_ids_from"] == "engine" and t0["tokenizer_agrees"] is True
+    assert max(abs(x - y) for x, y in zip(same["logprobs"], t0["hf_logprobs"])) < 1e-4
+    assert t1["prompt_ids_from"] == "engine" and t1["tokenizer_agrees"] is False and "hf_logprobs" in t1
+    assert t2["prompt_ids_from"] == "tokenizer" and t2["tokenizer_agrees"] is None
