@@ -464,6 +464,9 @@ def time_tower(sg: Sglang, rows, backend: str, repeats: int, device: str = "cuda
         config = types.SimpleNamespace(text_config=types.SimpleNamespace(hidden_size=cfg.text_config.hidden_size))
         language_model = types.SimpleNamespace(device=dev, dtype=lambda: dtype)
 
+        def parameters(self):  # 0.5.23's per-image path reads the device from the parameters
+            return vt.parameters()
+
         def __getattr__(self, name):
             return getattr(gemma4_mm.Gemma4ForConditionalGeneration, name).__get__(self)
 
