@@ -507,10 +507,12 @@ def commit_info(patched_probe: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     """The commit to name in results: the checkout's HEAD, else the patched engine's manifest key
     ``series_commit``, else "unknown"; with where it came from."""
     head, dirty = git_commit()
-    if head:
-        return {"commit": head, "commit_source": "git checkout", "commit_dirty": dirty}
     manifest = (patched_probe or {}).get("series") or {}
     value = manifest.get("series_commit") if isinstance(manifest, dict) else None
+    if head:
+        # A copied tree can carry a stale .git: the engine's own build commit is recorded beside it.
+        return {"commit": head, "commit_source": "git checkout", "commit_dirty": dirty,
+                "engine_series_commit": str(value) if value else None}
     if value:
         return {"commit": str(value), "commit_source": "series manifest of the patched engine", "commit_dirty": None}
     return {"commit": "unknown", "commit_dirty": None,
@@ -1057,7 +1059,10 @@ def render_markdown(doc: Dict[str, Any]) -> str:
                           for o in meta.get("order", []))
         lines.append(f"- {label} ({status}): engines {', '.join(meta.get('engines', []))}; device {meta['device']};"
                      f" date {meta['date']}; commit {meta['commit']} (from {meta.get('commit_source', '?')}"
-                     f"{', uncommitted changes' if meta.get('commit_dirty') else ''}); order {order}; "
+                     f"{', uncommitted changes' if meta.get('commit_dirty') else ''})"
+                     + (f"; patched engine built at series commit {meta['engine_series_commit']}"
+                        if meta.get("engine_series_commit") and meta["engine_series_commit"] != meta["commit"] else "")
+                     + f"; order {order}; "
                      f"{meta['repeats']} timed repeat(s) (seeds {meta['seeds']['timed']}) after one warm-up pass "
                      f"(seed {meta['seeds']['warmup']}, up to {meta['warmup_prompts']} prompts) per workload and "
                      f"engine; caches {'flushed' if meta.get('flush_before_pass') else 'not flushed'} before "

@@ -993,3 +993,12 @@ def test_after_passes_command_runs_against_each_live_server(tiny_dir, tmp_path, 
     assert proc.returncode == 0
     doc = json.loads((tmp_path / "out" / "serve_ab_fail.json").read_text())
     assert [s["after_passes"]["rc"] for s in doc["servers"]] == [5, 5]
+
+
+def test_commit_info_keeps_the_engine_build_commit_beside_a_checkout(monkeypatch):
+    probe = {"series": {"series_commit": "591ee15"}}
+    monkeypatch.setattr(sab, "git_commit", lambda: ("cb9725c", True))
+    info = sab.commit_info(probe)
+    assert info["commit"] == "cb9725c" and info["engine_series_commit"] == "591ee15"
+    monkeypatch.setattr(sab, "git_commit", lambda: (None, None))
+    assert sab.commit_info(probe)["commit"] == "591ee15"
