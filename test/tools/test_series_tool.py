@@ -357,6 +357,32 @@ def test_real_series_applies_to_pinned_upstream():
     assert "patches apply cleanly" in proc.stdout
 
 
+def test_refresh_reproduces_every_committed_patch_byte_for_byte(tmp_path):
+    """materialise + refresh on the real series gives back exactly the committed patches and new files."""
+    wheels = list((REPO / "build" / "upstream").glob("sglang-0.5.23-*.whl"))
+    if not wheels:
+        pytest.fail("no upstream wheel in build/upstream: run `make engine` first")
+    root = tmp_path / "project"
+    for rel in ("pyproject.toml", "patches", "python"):
+        src = REPO / rel
+        if src.is_dir():
+            shutil.copytree(src, root / rel)
+        else:
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, root / rel)
+    (root / "build" / "upstream").mkdir(parents=True)
+    for w in wheels:
+        (root / "build" / "upstream" / w.name).symlink_to(w)
+    before = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file() and "build" not in p.parts}
+    tree = tmp_path / "tree"
+    for cmd in (["materialise", "--dest", str(tree)], ["refresh", "--tree", str(tree)]):
+        proc = subprocess.run([sys.executable, str(TOOL), "--root", str(root), *cmd], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+    assert "already up to date" in proc.stdout
+    after = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file() and "build" not in p.parts}
+    assert after == before
+
+
 def test_untracked_unclaimed_file_is_ignored_with_warning_but_tracked_one_fails(project):
     root, wheel = project
     git(root, "init", "-q", "-b", "main")
