@@ -196,3 +196,34 @@ def estimate_kv_budget_from_args(
         mm_reservation_bytes=mm_reservation_bytes(is_multimodal),
     )
     return budget if budget > 0 else None
+
+
+def kv_configurator(server_args: Any, *, device: str = "cuda", is_draft_worker: bool = False,
+                    page_size: Optional[int] = None):
+    """sglang's KVCacheConfigurator for resolved ServerArgs and no model, as the model runner builds it
+    (TP 1, DP 1, PP 1, bf16 KV; page size: the resolved one unless given)."""
+    import torch
+
+    from sglang.srt.arg_groups.model_override_base import model_config_of, resolved_view
+    from sglang.srt.mem_cache.kv_cache_configurator import KVCacheConfigurator
+    from sglang.srt.model_executor.model_runner_components.layer_setup import resolve_layer_indices
+    from sglang.srt.model_executor.model_runner_components.spec_aux_hidden_state import (
+        resolve_spec_aux_hidden_state_config,
+    )
+    from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
+
+    view = resolved_view(server_args)
+    mc = model_config_of(server_args)
+    algo = SpeculativeAlgorithm.from_string(view.speculative_algorithm)
+    return KVCacheConfigurator(
+        device=device, gpu_id=0, attn_dp_size=1, pp_size=1, pp_group=None, model=None, model_config=mc,
+        server_args=server_args, kv_cache_dtype=torch.bfloat16, kv_cache_dtype_str="auto",
+        model_dtype=torch.bfloat16, page_size=int(view.page_size) if page_size is None else page_size,
+        sliding_window_size=int(text_config_of(mc.hf_config).sliding_window) - 1, spec_algorithm=algo,
+        is_draft_worker=is_draft_worker, post_capture_kv_active=False,
+        spec_aux_config=resolve_spec_aux_hidden_state_config(
+            server_args=server_args, model_config=mc, spec_algorithm=algo, is_draft_worker=is_draft_worker),
+        is_hybrid_swa=True, is_hybrid_swa_compress=mc.is_hybrid_swa_compress, use_mla_backend=False,
+        layer_info=resolve_layer_indices(model=None, model_config=mc, is_draft_worker=is_draft_worker),
+        forward_stream=None, req_to_token_pool=None, token_to_kv_pool_allocator=None, memory_pool_config=None,
+    )

@@ -241,21 +241,11 @@ def plan_cell(
     declared: str = "expected",
 ) -> Dict[str, Any]:
     """One cell: pools from sglang's configurator on the planner's budget, and requests that fit."""
-    import torch
-
     from sglang.srt import runtime_context as rc
     from sglang.srt.arg_groups.model_override_base import model_config_of, resolved_view
     from sglang.srt.mem_cache import gemma4_pool_sizing as sizing
-    from sglang.srt.mem_cache.kv_cache_configurator import KVCacheConfigurator
-    from sglang.srt.model_executor.model_runner_components.layer_setup import (
-        resolve_layer_indices,
-    )
-    from sglang.srt.model_executor.model_runner_components.spec_aux_hidden_state import (
-        resolve_spec_aux_hidden_state_config,
-    )
     from sglang.srt.model_executor.pool_configurator import create_memory_pool_configurator
     from sglang.srt.server_args import prepare_server_args
-    from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
     from sglang.srt.utils.hf_transformers_utils import get_config
 
     prompt, output = WORKLOADS[workload]
@@ -289,7 +279,6 @@ def plan_cell(
             view = resolved_view(server_args)
             model_config = model_config_of(server_args)
             hf_config = model_config.hf_config
-            algo = SpeculativeAlgorithm.from_string(view.speculative_algorithm)
             draft_weight_bytes = 0
             if mtp:
                 draft_weight_bytes = kv_budget.estimate_weight_bytes(
@@ -316,23 +305,9 @@ def plan_cell(
             }
             if budget is None:
                 return _no_requests(base, 0.0, "no KV budget (weights exceed the static fraction)")
-            layer_info = resolve_layer_indices(model=None, model_config=model_config, is_draft_worker=False)
-            aux = resolve_spec_aux_hidden_state_config(
-                server_args=server_args, model_config=model_config, spec_algorithm=algo,
-                is_draft_worker=False,
-            )
-            page_size = int(view.page_size)
-            kvc = KVCacheConfigurator(
-                device="cuda", gpu_id=0, attn_dp_size=1, pp_size=1, pp_group=None, model=None,
-                model_config=model_config, server_args=server_args, kv_cache_dtype=torch.bfloat16,
-                kv_cache_dtype_str="auto", model_dtype=torch.bfloat16, page_size=page_size,
-                sliding_window_size=int(sizing_text(hf_config).sliding_window) - 1,
-                spec_algorithm=algo, is_draft_worker=False, post_capture_kv_active=False,
-                spec_aux_config=aux, is_hybrid_swa=True,
-                is_hybrid_swa_compress=model_config.is_hybrid_swa_compress, use_mla_backend=False,
-                layer_info=layer_info, forward_stream=None, req_to_token_pool=None,
-                token_to_kv_pool_allocator=None, memory_pool_config=None,
-            )
+            kvc = kv_budget.kv_configurator(server_args)
+            layer_info = kvc.layer_info
+            page_size = int(kvc.page_size)
             configurator = create_memory_pool_configurator(kvc)
             pool_geometry = dict(
                 full_layers_in_pool=len(layer_info.full_attention_layer_ids),
@@ -371,12 +346,6 @@ def plan_cell(
         "full_bound": by_full,
         "policy_log": reasons.messages,
     }
-
-
-def sizing_text(hf_config):
-    from sglang.srt.mem_cache.gemma4_kv_layout import text_config_of
-
-    return text_config_of(hf_config)
 
 
 def _attribution_md(rows: List[Dict[str, Any]], attribution: List[Dict[str, Any]]) -> List[str]:

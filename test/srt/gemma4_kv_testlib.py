@@ -7,6 +7,11 @@ is patched in (``card``). Geometry values are the public ones (see benchmark/gem
 import contextlib
 import json
 import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                "benchmark", "gemma4"))
+import kv_budget  # noqa: E402  (benchmark/gemma4/kv_budget.py: the KV configurator the planner builds)
 
 GIB = 1 << 30
 H100_MIB = 81559
@@ -254,49 +259,6 @@ def mtp_args(assistant):
 
 
 def configurator(server_args, *, device="cuda", is_draft_worker=False, page_size=None):
-    """sglang's KVCacheConfigurator for resolved ServerArgs, with no model (page size: the resolved one)."""
-    import torch
-
-    from sglang.srt.arg_groups.model_override_base import model_config_of, resolved_view
-    from sglang.srt.mem_cache.kv_cache_configurator import KVCacheConfigurator
-    from sglang.srt.model_executor.model_runner_components.layer_setup import resolve_layer_indices
-    from sglang.srt.model_executor.model_runner_components.spec_aux_hidden_state import (
-        resolve_spec_aux_hidden_state_config,
-    )
-    from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
-
-    view = resolved_view(server_args)
-    mc = model_config_of(server_args)
-    algo = SpeculativeAlgorithm.from_string(view.speculative_algorithm)
-    return KVCacheConfigurator(
-        device=device,
-        gpu_id=0,
-        attn_dp_size=1,
-        pp_size=1,
-        pp_group=None,
-        model=None,
-        model_config=mc,
-        server_args=server_args,
-        kv_cache_dtype=torch.bfloat16,
-        kv_cache_dtype_str="auto",
-        model_dtype=torch.bfloat16,
-        page_size=int(view.page_size) if page_size is None else page_size,
-        sliding_window_size=mc.hf_text_config.sliding_window - 1,
-        spec_algorithm=algo,
-        is_draft_worker=is_draft_worker,
-        post_capture_kv_active=False,
-        spec_aux_config=resolve_spec_aux_hidden_state_config(
-            server_args=server_args,
-            model_config=mc,
-            spec_algorithm=algo,
-            is_draft_worker=is_draft_worker,
-        ),
-        is_hybrid_swa=True,
-        is_hybrid_swa_compress=mc.is_hybrid_swa_compress,
-        use_mla_backend=False,
-        layer_info=resolve_layer_indices(model=None, model_config=mc, is_draft_worker=is_draft_worker),
-        forward_stream=None,
-        req_to_token_pool=None,
-        token_to_kv_pool_allocator=None,
-        memory_pool_config=None,
-    )
+    """sglang's KVCacheConfigurator for resolved ServerArgs, with no model (the planner's own builder)."""
+    return kv_budget.kv_configurator(server_args, device=device, is_draft_worker=is_draft_worker,
+                                     page_size=page_size)
