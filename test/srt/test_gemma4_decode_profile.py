@@ -51,7 +51,9 @@ TRITON_NAMES = [
     ("kernels/ops/attention/decode_attention.py", "_fwd_kernel_stage1"),
     ("kernels/ops/attention/decode_attention.py", "_fwd_kernel_stage2"),
     ("kernels/ops/attention/decode_attention.py", "_lean_attention_decode_kernel"),
-    ("kernels/ops/moe/gemma4_routing.py", "_gemma4_routing_kernel"),
+    # the patched engine's router kernels (0.5.23's _gemma4_routing_kernel is only in the stock engine)
+    ("kernels/ops/moe/gemma4_routing_network.py", "_gemma4_routing_network_kernel"),
+    ("kernels/ops/moe/gemma4_routing_network.py", "_gemma4_routing_rounds_kernel"),
     ("kernels/ops/moe/gemma4_routing.py", "_gemma_routing_post_topk_kernel"),
     ("kernels/ops/moe/fused_moe_triton_kernels.py", "fused_moe_kernel"),
     ("kernels/ops/moe/fused_moe_triton_kernels.py", "act_and_mul_kernel"),
