@@ -59,87 +59,80 @@ def _git_commit(given) -> str:
         raise SystemExit("cannot tell the commit (no git checkout here): pass --commit SHA")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--sglang-root", default=None)
-    ap.add_argument("--small", action="store_true")
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--replays", type=int, default=50)
-    ap.add_argument("--commit", default=None)
-    args = ap.parse_args()
-    commit = _git_commit(args.commit)
-    if args.sglang_root:
-        sys.path.insert(0, os.path.abspath(args.sglang_root))
+SMALL_GEOMETRY = dict(bs=4, q_heads=4, swa_kv=2, swa_dim=32, full_kv=1, full_dim=64,
+                      swa_layers=2, full_layers=1, window=16, context=256,
+                      full_tokens=2048, swa_tokens=1024, seq_lo=8, seq_hi=200)
+GEMMA4_26B_GEOMETRY = dict(bs=64, q_heads=16, swa_kv=8, swa_dim=256, full_kv=2, full_dim=512,
+                           swa_layers=25, full_layers=5, window=1024, context=262144,
+                           full_tokens=232960, swa_tokens=186368, seq_lo=512, seq_hi=6144)
+GARBAGE = 2**30
 
-    import torch
 
-    from sglang.srt.layers.attention.page_table_probe import (
-        PageTableBoundsError,
-        PageTableProbe,
-    )
+class Batch:
+    """The decode batch: seeded sequence lengths and the page tables the backends hand the probe."""
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu" and not args.small:
-        raise SystemExit("no CUDA device: run with --small (and TRITON_INTERPRET=1)")
+    def __init__(self, geo, device, torch):
+        self.geo, self.device, self.torch = geo, device, torch
+        self.g = torch.Generator().manual_seed(1234)
+        self.bs = geo["bs"]
+        self.seq_cpu = torch.randint(geo["seq_lo"], geo["seq_hi"] + 1, (self.bs,), generator=self.g)
+        self.seq = self.seq_cpu.to(device=device, dtype=torch.int32)
 
-    if args.small:
-        geo = dict(bs=4, q_heads=4, swa_kv=2, swa_dim=32, full_kv=1, full_dim=64,
-                   swa_layers=2, full_layers=1, window=16, context=256,
-                   full_tokens=2048, swa_tokens=1024, seq_lo=8, seq_hi=200)
-    else:
-        geo = dict(bs=64, q_heads=16, swa_kv=8, swa_dim=256, full_kv=2, full_dim=512,
-                   swa_layers=25, full_layers=5, window=1024, context=262144,
-                   full_tokens=232960, swa_tokens=186368, seq_lo=512, seq_hi=6144)
-    g = torch.Generator().manual_seed(1234)
-    bs = geo["bs"]
-    seq_cpu = torch.randint(geo["seq_lo"], geo["seq_hi"] + 1, (bs,), generator=g)
-    seq = seq_cpu.to(device=device, dtype=torch.int32)
-    garbage = 2**30
-
-    def dense_tables(page):
+    def dense_tables(self, page):
+        """trtllm_mha / fa tables [bs, ceil(context / page)] with garbage past each request's pages."""
+        torch, geo, g = self.torch, self.geo, self.g
         width = -(-geo["context"] // page)
         full_pages = geo["full_tokens"] // page
         swa_pages = geo["swa_tokens"] // page
-        full = torch.full((bs, width), garbage, dtype=torch.int32)
-        swa = torch.full((bs, width), garbage, dtype=torch.int32)
+        full = torch.full((self.bs, width), GARBAGE, dtype=torch.int32)
+        swa = torch.full((self.bs, width), GARBAGE, dtype=torch.int32)
         perm = torch.randperm(full_pages - 1, generator=g) + 1
         pos = 0
-        for i, s in enumerate(seq_cpu.tolist()):
+        for i, s in enumerate(self.seq_cpu.tolist()):
             n = -(-s // page)
             full[i, :n] = perm[pos:pos + n]
             pos += n
             swa[i, :n] = torch.randint(1, swa_pages, (n,), generator=g)
         # +1: the padding page, as a pool buffer of size + page rows has.
-        return full.to(device), swa.to(device), full_pages + 1, swa_pages + 1
+        return full.to(self.device), swa.to(self.device), full_pages + 1, swa_pages + 1
 
-    def ragged():
-        lens = seq_cpu.tolist()
+    def ragged(self):
+        """triton's token-slot indices: full rows and window rows, with their indptrs."""
+        torch, geo, g = self.torch, self.geo, self.g
+        lens = self.seq_cpu.tolist()
         wlens = [min(s, geo["window"]) for s in lens]
         full = torch.randint(1, geo["full_tokens"], (sum(lens) + 4096,), generator=g)
         swa = torch.randint(1, geo["swa_tokens"], (sum(wlens) + 4096,), generator=g)
-        full[sum(lens):] = garbage
-        swa[sum(wlens):] = garbage
+        full[sum(lens):] = GARBAGE
+        swa[sum(wlens):] = GARBAGE
         ptr = torch.tensor([0] + lens).cumsum(0).to(torch.int32)
         wptr = torch.tensor([0] + wlens).cumsum(0).to(torch.int32)
-        return (full.to(device), ptr.to(device), swa.to(device), wptr.to(device),
-                geo["full_tokens"] + 1, geo["swa_tokens"] + 1)
+        d = self.device
+        return (full.to(d), ptr.to(d), swa.to(d), wptr.to(d), geo["full_tokens"] + 1, geo["swa_tokens"] + 1)
 
-    def sync():
-        if device == "cuda":
-            torch.cuda.synchronize()
 
-    def time_eager(fn, iters):
+class Timer:
+    """Eager and CUDA-graph timing, median of ``repeats``."""
+
+    def __init__(self, device, torch, repeats):
+        self.device, self.torch, self.repeats = device, torch, repeats
+
+    def sync(self):
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
+
+    def eager(self, fn, iters):
         fn()
-        sync()
+        self.sync()
         t0 = time.perf_counter()
         for _ in range(iters):
             fn()
-        sync()
+        self.sync()
         return (time.perf_counter() - t0) / iters * 1e6
 
-    def time_graph(fn, replays):
-        if device != "cuda":
+    def graph(self, fn, replays):
+        torch = self.torch
+        if self.device != "cuda":
             return float("nan")
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
@@ -159,16 +152,17 @@ def main() -> None:
         torch.cuda.synchronize()
         return start.elapsed_time(end) * 1e3 / replays
 
-    def median(fn, *a):
-        return statistics.median(fn(*a) for _ in range(args.repeats))
+    def median(self, fn, *a):
+        return statistics.median(fn(*a) for _ in range(self.repeats))
 
-    # -- the reference: sglang's Triton decode attention over all layers --------
-    attention = None
-    attn_error = None
+
+def reference_attention(batch):
+    """sglang's Triton decode attention over all layers of one forward, or (None, why it is unavailable)."""
+    torch, geo, device, bs = batch.torch, batch.geo, batch.device, batch.bs
     try:
         from sglang.kernels.ops.attention.decode_attention import decode_attention_fwd
 
-        full_idx, ptr, swa_idx, wptr, full_rows, swa_rows = ragged()
+        full_idx, ptr, swa_idx, wptr, full_rows, swa_rows = batch.ragged()
         splits = 8
         dt = torch.bfloat16
         k_full = torch.randn(full_rows, geo["full_kv"], geo["full_dim"], dtype=dt, device=device)
@@ -195,50 +189,55 @@ def main() -> None:
                     decode_attention_fwd(q_swa, k_swa, v_swa, o_swa, wptr, swa_idx,
                                          logits_swa, lse, nsplits, splits,
                                          geo["swa_dim"] ** -0.5, 1.0, 1.0)
+        return attention, None
     except Exception as exc:  # reported, not hidden
-        attention = None
-        attn_error = f"{type(exc).__name__}: {exc}"
+        return None, f"{type(exc).__name__}: {exc}"
 
-    # -- the probe variants -----------------------------------------------------
+
+def probe_variants(batch):
+    """name -> table spec: trtllm_mha/fa dense tables at page 64 and 1, triton ragged indices."""
     variants = {}
     for page in (64, 1):
-        full, swa, full_pages, swa_pages = dense_tables(page)
+        full, swa, full_pages, swa_pages = batch.dense_tables(page)
         # trtllm_mha and fa hand the probe the same kind of table.
-        variants[f"trtllm_mha/fa4 page={page}"] = (
-            "paged", full, swa, page, full_pages, swa_pages
-        )
-    full_idx_r, ptr_r, swa_idx_r, wptr_r, full_rows_r, swa_rows_r = ragged()
-    variants["triton page=1"] = ("ragged", full_idx_r, ptr_r, swa_idx_r, wptr_r,
-                                 full_rows_r, swa_rows_r)
+        variants[f"trtllm_mha/fa4 page={page}"] = ("paged", full, swa, page, full_pages, swa_pages)
+    variants["triton page=1"] = ("ragged", *batch.ragged())
+    return variants
 
-    def make_probe_call(spec, backend):
-        if spec[0] == "paged":
-            _, full, swa, page, fp, sp = spec
-            probe = PageTableProbe(backend, device, -(-geo["context"] // page))
 
-            def call():
-                probe.check_paged("full", 5, full, seq, page, fp)
-                probe.check_paged("swa", 0, swa, seq, page, sp)
-        else:
-            _, fi, fptr, si, sptr, fr, sr = spec
-            probe = PageTableProbe(backend, device, geo["context"])
+def probe_call(batch, spec, backend, PageTableProbe):
+    """A probe and a call that checks the first full and the first SWA layer of one forward."""
+    geo, seq, device = batch.geo, batch.seq, batch.device
+    if spec[0] == "paged":
+        _, full, swa, page, fp, sp = spec
+        probe = PageTableProbe(backend, device, -(-geo["context"] // page))
 
-            def call():
-                probe.check_ragged("full", 5, fi, fptr, fr)
-                probe.check_ragged("swa", 0, si, sptr, sr)
-        return probe, call
+        def call():
+            probe.check_paged("full", 5, full, seq, page, fp)
+            probe.check_paged("swa", 0, swa, seq, page, sp)
+    else:
+        _, fi, fptr, si, sptr, fr, sr = spec
+        probe = PageTableProbe(backend, device, geo["context"])
 
+        def call():
+            probe.check_ragged("full", 5, fi, fptr, fr)
+            probe.check_ragged("swa", 0, si, sptr, sr)
+    return probe, call
+
+
+def time_variants(batch, timer, attention, replays, PageTableProbe):
+    """Per variant: the probe alone, and with the reference attention (ratio on / off), graph and eager."""
     results = []
     attn_graph = attn_eager = None
     if attention is not None:
-        attn_graph = median(time_graph, attention, max(2, args.replays // 10))
-        attn_eager = median(time_eager, attention, 3)
-    for name, spec in variants.items():
+        attn_graph = timer.median(timer.graph, attention, max(2, replays // 10))
+        attn_eager = timer.median(timer.eager, attention, 3)
+    for name, spec in probe_variants(batch).items():
         backend = name.split()[0].split("/")[0]
-        probe, call = make_probe_call(spec, backend)
+        probe, call = probe_call(batch, spec, backend, PageTableProbe)
         row = {"variant": name}
-        row["probe_eager_us"] = median(time_eager, call, 20)
-        row["probe_graph_us"] = median(time_graph, call, args.replays)
+        row["probe_eager_us"] = timer.median(timer.eager, call, 20)
+        row["probe_graph_us"] = timer.median(timer.graph, call, replays)
         probe.synchronize_and_poll()  # clean batch: must stay silent
         if attention is not None:
             row["attention_graph_us"] = attn_graph
@@ -247,21 +246,27 @@ def main() -> None:
                 call()
                 attention()
 
-            on = median(time_graph, both, max(2, args.replays // 10))
+            on = timer.median(timer.graph, both, max(2, replays // 10))
             row["attention_plus_probe_graph_us"] = on
             row["ratio_on_over_off"] = on / row["attention_graph_us"]
             row["attention_eager_us"] = attn_eager
-            row["attention_plus_probe_eager_us"] = median(time_eager, both, 3)
+            row["attention_plus_probe_eager_us"] = timer.median(timer.eager, both, 3)
             row["ratio_on_over_off_eager"] = (
                 row["attention_plus_probe_eager_us"] / row["attention_eager_us"]
             )
         results.append(row)
         print(json.dumps(row), flush=True)
+    return results
 
-    # -- correctness on the device -----------------------------------------------
+
+def device_checks(batch, PageTableProbe, PageTableBoundsError):
+    """Silent on a clean batch, planted full and SWA violations reported exactly, entry redirected to
+    page 0, and the whole probe's Triton kernels against its torch path."""
+    torch, device, seq, seq_cpu, bs, g = batch.torch, batch.device, batch.seq, batch.seq_cpu, batch.bs, batch.g
+    context = batch.geo["context"]
     checks = {}
-    full, swa, full_pages, swa_pages = dense_tables(64)
-    probe = PageTableProbe("trtllm_mha", device, -(-geo["context"] // 64))
+    full, swa, full_pages, swa_pages = batch.dense_tables(64)
+    probe = PageTableProbe("trtllm_mha", device, -(-context // 64))
     probe.check_paged("full", 5, full, seq, 64, full_pages)
     probe.check_paged("swa", 0, swa, seq, 64, swa_pages)
     probe.synchronize_and_poll()
@@ -280,7 +285,7 @@ def main() -> None:
         checks["full_violation_reported"] = head == want
         checks["full_message"] = head
         checks["entry_redirected_to_page_0"] = int(full[row, n - 1]) == 0
-    probe2 = PageTableProbe("fa4", device, -(-geo["context"] // 64))
+    probe2 = PageTableProbe("fa4", device, -(-context // 64))
     srow = bs - 1
     swa[srow, 0] = -7
     try:
@@ -315,7 +320,44 @@ def main() -> None:
     fused = PageTableProbe("x", device, 8).use_triton
     checks["probe_path"] = "triton (fused)" if fused else "torch"
     print(json.dumps(checks), flush=True)
+    return checks
 
+
+def write_results(out, meta, results, checks):
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "page_table_probe.json"), "w") as f:
+        json.dump({"meta": meta, "results": results, "checks": checks}, f, indent=1)
+    print("wrote", os.path.join(out, "page_table_probe.json"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--sglang-root", default=None)
+    ap.add_argument("--small", action="store_true")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--replays", type=int, default=50)
+    ap.add_argument("--commit", default=None)
+    args = ap.parse_args()
+    commit = _git_commit(args.commit)
+    if args.sglang_root:
+        sys.path.insert(0, os.path.abspath(args.sglang_root))
+
+    import torch
+
+    from sglang.srt.layers.attention.page_table_probe import (
+        PageTableBoundsError,
+        PageTableProbe,
+    )
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and not args.small:
+        raise SystemExit("no CUDA device: run with --small (and TRITON_INTERPRET=1)")
+    geo = SMALL_GEOMETRY if args.small else GEMMA4_26B_GEOMETRY
+    batch = Batch(geo, device, torch)
+    attention, attn_error = reference_attention(batch)
+    results = time_variants(batch, Timer(device, torch, args.repeats), attention, args.replays, PageTableProbe)
+    checks = device_checks(batch, PageTableProbe, PageTableBoundsError)
     meta = {
         "benchmark": "bench_page_table_probe",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -327,7 +369,7 @@ def main() -> None:
         "python": platform.python_version(),
         "small": args.small,
         "geometry": geo,
-        "seq_lens": seq_cpu.tolist(),
+        "seq_lens": batch.seq_cpu.tolist(),
         "attention_reference": (
             "sglang 0.5.23 Triton decode_attention_fwd, all layers of one forward, bf16"
             if attention is not None else f"unavailable: {attn_error}"
@@ -335,10 +377,7 @@ def main() -> None:
         "timing": f"median of {args.repeats}; CUDA graph of {args.replays} probe calls "
                   "(attention: replays/10 forwards) per measurement",
     }
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "page_table_probe.json"), "w") as f:
-        json.dump({"meta": meta, "results": results, "checks": checks}, f, indent=1)
-    print("wrote", os.path.join(args.out, "page_table_probe.json"))
+    write_results(args.out, meta, results, checks)
 
 
 if __name__ == "__main__":
