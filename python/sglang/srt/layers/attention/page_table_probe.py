@@ -372,15 +372,23 @@ class PageTableProbe:
         from the KV buffer ``pool`` hands out for it. A None table (one the
         probe does not read, e.g. fa's local-attention tables) is skipped and
         does not take the layer-of-its-kind slot."""
-        if page_table is None:
-            self.poll()
-            return
-        kind = layer_kind(layer)
-        if not self._should_check(kind, layer.layer_id):
-            self.poll()
+        kind = self._kind_to_check(page_table, layer)
+        if kind is None:
             return
         pages = cache_entries(pool.get_key_buffer(layer.layer_id), page_size, "pages")
         self.check_paged(kind, layer.layer_id, page_table, seq_lens, page_size, pages)
+
+    def _kind_to_check(self, table: Optional[torch.Tensor], layer: Any) -> Optional[str]:
+        """The layer's kind when ``table`` is one to check now, else None (after polling): a None
+        table, or a layer that is not the first of its kind this forward."""
+        if table is None:
+            self.poll()
+            return None
+        kind = layer_kind(layer)
+        if not self._should_check(kind, layer.layer_id):
+            self.poll()
+            return None
+        return kind
 
     def check_layer_ragged(
         self,
@@ -392,12 +400,8 @@ class PageTableProbe:
     ) -> None:
         """check_ragged for ``layer``; the indices are token slots. A None
         table is skipped as in check_layer_paged."""
-        if indices is None:
-            self.poll()
-            return
-        kind = layer_kind(layer)
-        if not self._should_check(kind, layer.layer_id):
-            self.poll()
+        kind = self._kind_to_check(indices, layer)
+        if kind is None:
             return
         slots = cache_entries(pool.get_key_buffer(layer.layer_id), page_size, "slots")
         self.check_ragged(kind, layer.layer_id, indices, indptr, slots)
