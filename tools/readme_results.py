@@ -146,13 +146,15 @@ def serve_ab_pools(doc: dict, model: str) -> List[str]:
     rows = []
     for srv in doc["servers"]:
         info = srv.get("log_info") or {}
-        rows.append([model, srv["engine"], f"{info.get('full_layer_tokens')}", f"{info.get('swa_layer_tokens')}",
+        rows.append([model, srv["engine"], ", ".join(srv["workloads"]), srv.get("source", "-"),
+                     f"{info.get('full_layer_tokens')}", f"{info.get('swa_layer_tokens')}",
                      f"{info.get('max_running_requests')}"])
-    return _table(["model", "engine", "full pool tokens", "SWA pool tokens", "max_running_requests"], rows)
+    return _table(["model", "engine", "workloads", "run", "full pool tokens", "SWA pool tokens",
+                   "max_running_requests"], rows)
 
 
 def gen_serve_e2b() -> List[str]:
-    doc = _load("serve_ab_h200_e2b.json")
+    doc = _load("serve_ab_h200_e2b_merged.json")
     return [*serve_ab_table(doc, "E2B"), "", *serve_ab_pools(doc, "E2B")]
 
 

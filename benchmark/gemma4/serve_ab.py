@@ -82,7 +82,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HOST = "127.0.0.1"
@@ -1032,6 +1032,15 @@ def _sources(doc: Dict[str, Any]) -> List[Tuple[str, Dict[str, Any], str]]:
     return [("this run", doc["meta"], doc.get("status", "?"))]
 
 
+def _contributes(doc: Dict[str, Any], label: str, meta: Dict[str, Any], engine: str) -> bool:
+    """Whether ``engine`` of this source has passes in the document (a merge may take only some of them)."""
+    if engine not in meta.get("engines", []):
+        return False
+    if doc.get("kind") != "merge":
+        return True
+    return any(r["engine"] == engine and r.get("source") == label for r in doc["runs"])
+
+
 def _server_for(doc: Dict[str, Any], engine: str, workload: str) -> Optional[Dict[str, Any]]:
     for s in doc["servers"]:
         if s["engine"] == engine and workload in s["workloads"]:
@@ -1042,12 +1051,13 @@ def _server_for(doc: Dict[str, Any], engine: str, workload: str) -> Optional[Dic
 def render_markdown(doc: Dict[str, Any]) -> str:
     sources = _sources(doc)
     workloads = list(doc["workloads"])
-    versions: Dict[str, str] = {}
-    for _, meta, _ in sources:
+    versions: Dict[str, List[str]] = {}
+    for label, meta, _ in sources:
         for e, p in (meta.get("engine_info") or {}).items():
-            if e in meta.get("engines", []):
-                versions.setdefault(e, f"sglang {p.get('version') or 'unknown'} (series {series_label(p)})")
-    title = " vs ".join(f"{e}: {versions[e]}" for e in ENGINES if e in versions) or "no engine"
+            v = f"sglang {p.get('version') or 'unknown'} (series {series_label(p)})"
+            if _contributes(doc, label, meta, e) and v not in versions.setdefault(e, []):
+                versions[e].append(v)
+    title = " vs ".join(f"{e}: {' / '.join(versions[e])}" for e in ENGINES if versions.get(e)) or "no engine"
     first = sources[0][1]
     lines = [f"# bench_serving A/B: {title}", ""]
     lines.append(f"Model `{first['model']}`{' (dummy weights)' if first.get('load_format') == 'dummy' else ''}"
@@ -1070,6 +1080,14 @@ def render_markdown(doc: Dict[str, Any]) -> str:
     devices = {meta["device"] for _, meta, _ in sources}
     if len(devices) > 1:
         lines.append(f"- **The inputs ran on different devices** ({'; '.join(sorted(devices))}).")
+    if doc.get("kind") == "merge":
+        for wl in workloads:
+            src = {e: sorted({r["source"] for r in doc["runs"] if r["workload"] == wl and r["engine"] == e})
+                   for e in ENGINES}
+            if all(src.values()) and src["upstream"] != src["patched"]:
+                lines.append(f"- **`{wl}`: the engines ran in different runs** (upstream from "
+                             f"{', '.join(src['upstream'])}, patched from {', '.join(src['patched'])}), "
+                             "so they were not alternated in one session; compare with that in mind.")
     lines += [
         "",
         "Each cell: median [min-max] over the timed repeats, n = repeats (warm-up passes excluded); \"hint\": "
@@ -1106,7 +1124,7 @@ def render_markdown(doc: Dict[str, Any]) -> str:
                          + f" | {cw} | {ct} | {_fmt(s.get('ready_s'))} |")
     lines += ["", "Engines:"]
     for label, meta, _ in sources:
-        for e in meta.get("engines", []):
+        for e in [e for e in meta.get("engines", []) if _contributes(doc, label, meta, e)]:
             p = (meta.get("engine_info") or {}).get(e) or {}
             lines.append(f"- {e} ({label}): sglang {p.get('version') or 'unknown'}, series {series_label(p)}")
     lines += ["", "Server logs:"]
@@ -1153,10 +1171,46 @@ def _load_run(path: str) -> Dict[str, Any]:
     return doc
 
 
-def merge_docs(paths: Sequence[str]) -> Dict[str, Any]:
+def parse_take(specs: Sequence[str], paths: Sequence[str]) -> Dict[str, Set[Tuple[str, str]]]:
+    """``FILE=engine:workload[,engine:workload...]`` -> {FILE: {(engine, workload), ...}}; FILE must be an input."""
+    take: Dict[str, Set[Tuple[str, str]]] = {}
+    for spec in specs:
+        path, sep, pairs = spec.rpartition("=")
+        if not sep or not path or not pairs:
+            raise ServeABError(f"--take {spec!r}: expected FILE=engine:workload[,engine:workload]")
+        if path not in paths:
+            raise ServeABError(f"--take {spec!r}: {path} is not one of the files to merge")
+        for item in pairs.split(","):
+            engine, sep, workload = item.strip().partition(":")
+            if not sep or engine not in ENGINES or workload not in WORKLOADS:
+                raise ServeABError(f"--take {spec!r}: {item!r} is not engine:workload with engine in "
+                                   f"{', '.join(ENGINES)} and workload in {', '.join(WORKLOADS)}")
+            take.setdefault(path, set()).add((engine, workload))
+    return take
+
+
+def _restrict(path: str, doc: Dict[str, Any], pairs: Set[Tuple[str, str]]) -> Dict[str, Any]:
+    """Keep only the given (engine, workload) pairs of one run file (its runs, workloads and servers)."""
+    runs = [r for r in doc["runs"] if (r["engine"], r["workload"]) in pairs]
+    missing = sorted(pairs - {(r["engine"], r["workload"]) for r in runs})
+    if missing:
+        raise ServeABError(f"--take: {path} holds no pass of " + ", ".join(f"{e}:{w}" for e, w in missing))
+    wls = {w for _, w in pairs}
+    servers = []
+    for s in doc["servers"]:
+        kept = [w for w in s["workloads"] if (s["engine"], w) in pairs]
+        if kept:
+            servers.append(dict(s, workloads=kept))
+    return dict(doc, runs=runs, servers=servers,
+                workloads={w: d for w, d in doc["workloads"].items() if w in wls})
+
+
+def merge_docs(paths: Sequence[str], take: Optional[Dict[str, Set[Tuple[str, str]]]] = None) -> Dict[str, Any]:
     if len(paths) < 2:
         raise ServeABError("merge needs at least two run files")
     docs = [(p, _load_run(p)) for p in paths]
+    take = take or {}
+    docs = [(p, _restrict(p, d, take[p]) if p in take else d) for p, d in docs]
     base_path, base = docs[0]
     checks = [("model", lambda d: d["meta"]["model"]), ("load format", lambda d: d["meta"].get("load_format")),
               ("extra server args", lambda d: d["meta"].get("extra_server_args")),
@@ -1253,6 +1307,9 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("files", nargs="+", help="serve_ab run JSON files")
     mp.add_argument("--out", default=os.path.join(REPO, "benchmark", "gemma4", "results"))
     mp.add_argument("--name", default="serve_ab_merged", help="result file stem (serve_ab*.json / .md)")
+    mp.add_argument("--take", action="append", default=[], metavar="FILE=ENGINE:WORKLOAD[,...]",
+                    help="from FILE keep only these (engine, workload) passes (repeatable; files without "
+                         "--take contribute everything)")
     return ap
 
 
@@ -1416,7 +1473,7 @@ def cmd_merge(ns: argparse.Namespace) -> int:
     jpath = os.path.abspath(os.path.join(ns.out, ns.name + ".json"))
     if jpath in {os.path.abspath(f) for f in ns.files}:
         raise ServeABError(f"merge output {jpath} is one of its inputs; pick another --name")
-    doc = merge_docs(ns.files)
+    doc = merge_docs(ns.files, parse_take(ns.take, ns.files))
     names = list(doc["workloads"])
     doc["summary"] = summarise(doc["runs"], names)
     doc["rows"] = compare_rows(doc["summary"], names)

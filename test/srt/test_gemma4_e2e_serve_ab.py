@@ -836,6 +836,35 @@ def test_merge_two_single_engine_files(tiny_dir, tmp_path, client_python):
            "both hold engine 'upstream' on workload 'chat'")
     assert not (merged_dir / "serve_ab_x.json").exists()
 
+    # --take: a file that holds both engines contributes only the named passes; a workload whose engines come
+    # from different files is flagged in the table's header.
+    both = json.load(open(files["patched"]))
+    both["runs"] += [dict(r, engine="upstream") for r in both["runs"]]
+    both["servers"] += [dict(s, engine="upstream") for s in both["servers"]]
+    both_path = tmp_path / "both.json"
+    both_path.write_text(json.dumps(both))
+    proc = _run_serve_ab(["merge", files["upstream"], str(both_path), "--out", str(merged_dir),
+                          "--name", "serve_ab_t", "--take", f"{both_path}=patched:chat"])
+    assert proc.returncode == 0, proc.stderr
+    t = json.loads((merged_dir / "serve_ab_t.json").read_text())
+    assert {(r["engine"], r["source"]) for r in t["runs"]} == {("upstream", "serve_ab_upstream.json"),
+                                                              ("patched", "both.json")}
+    assert [s["engine"] for s in t["servers"] if s["source"] == "both.json"] == ["patched"]
+    assert {r["metric"]: r for r in t["rows"]}["median_tpot_ms"]["ratio"] == pytest.approx(u_tpot / p_tpot)
+    tmd = (merged_dir / "serve_ab_t.md").read_text()
+    flag = "`chat`: the engines ran in different runs** (upstream from serve_ab_upstream.json, patched from "
+    assert flag + "both.json)" in tmd and flag + "serve_ab_patched.json)" in md
+    same = dict(t, runs=[dict(r, source="one.json") for r in t["runs"]])
+    assert "the engines ran in different runs" not in sab.render_markdown(same)
+    for take, expect in ((f"{tmp_path / 'other.json'}=patched:chat", "is not one of the files to merge"),
+                         (f"{both_path}=patched:images", "holds no pass of patched:images"),
+                         (f"{both_path}=stock:chat", "is not engine:workload"),
+                         ("patched:chat", "expected FILE=engine:workload")):
+        proc = _run_serve_ab(["merge", files["upstream"], str(both_path), "--out", str(merged_dir),
+                              "--name", "serve_ab_y", "--take", take])
+        assert proc.returncode == 2 and expect in proc.stderr, proc.stderr
+    assert not (merged_dir / "serve_ab_y.json").exists()
+
 
 # ---------------------------------------------------------------------------------------------------------
 # the real bench_serving
