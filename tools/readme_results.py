@@ -188,7 +188,7 @@ def gen_vision() -> List[str]:
     rows = [[r["tower"], r["workload"], f"{r['upstream_img_s']:.1f}", f"{r['patched_img_s']:.1f}",
              f"{r['speedup']:.2f}x", f"{r['upstream_peak_mib']:.1f} / {r['patched_peak_mib']:.1f}"]
             for r in doc["rows"]]
-    return [f"{m['device']}, {m['date_utc']}, commit {m['commit']}, {m['backend']}, {m['dtype']}, median of "
+    return [f"{m['device']}, {m.get('date') or m['date_utc']}, commit {m['commit']}, {m['backend']}, {m['dtype']}, median of "
             f"{m['reps']} ([details](benchmark/gemma4/results/vision_bench.md)).", "",
             *_table(["tower", "images", "0.5.23 img/s", "patched img/s", "speed-up", "peak MiB 0.5.23 / patched"],
                     rows)]

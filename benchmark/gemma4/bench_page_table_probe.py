@@ -35,28 +35,16 @@ Usage: python benchmark/gemma4/bench_page_table_probe.py --out DIR
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
-
-def _git_commit(given) -> str:
-    """--commit, else git HEAD here, else $BENCH_GIT_COMMIT; results must name a commit."""
-    if given:
-        return given
-    try:
-        return subprocess.check_output(
-            ["git", "rev-parse", "--short", "HEAD"], text=True, stderr=subprocess.DEVNULL
-        ).strip()
-    except Exception:
-        if os.environ.get("BENCH_GIT_COMMIT"):
-            return os.environ["BENCH_GIT_COMMIT"]
-        raise SystemExit("cannot tell the commit (no git checkout here): pass --commit SHA")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import stamp  # noqa: E402  (benchmark/gemma4/stamp.py: device, date and commit of a result)
+from graph_timing import graph_time_us  # noqa: E402
 
 
 SMALL_GEOMETRY = dict(bs=4, q_heads=4, swa_kv=2, swa_dim=32, full_kv=1, full_dim=64,
@@ -131,26 +119,9 @@ class Timer:
         return (time.perf_counter() - t0) / iters * 1e6
 
     def graph(self, fn, replays):
-        torch = self.torch
         if self.device != "cuda":
             return float("nan")
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            fn()
-        torch.cuda.current_stream().wait_stream(s)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for _ in range(replays):
-                fn()
-        graph.replay()
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) * 1e3 / replays
+        return graph_time_us(self.torch, lambda i: fn(), replays)
 
     def median(self, fn, *a):
         return statistics.median(fn(*a) for _ in range(self.repeats))
@@ -339,7 +310,7 @@ def main() -> None:
     ap.add_argument("--replays", type=int, default=50)
     ap.add_argument("--commit", default=None)
     args = ap.parse_args()
-    commit = _git_commit(args.commit)
+    commit = stamp.commit(args.commit, required=True)
     if args.sglang_root:
         sys.path.insert(0, os.path.abspath(args.sglang_root))
 
@@ -360,10 +331,10 @@ def main() -> None:
     checks = device_checks(batch, PageTableProbe, PageTableBoundsError)
     meta = {
         "benchmark": "bench_page_table_probe",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": stamp.utc_now(),
         "git_commit": commit,
         "device": (
-            torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu"
+            stamp.device_name(torch, cuda=device == "cuda")
         ),
         "torch": torch.__version__,
         "python": platform.python_version(),

@@ -34,7 +34,6 @@ upstream wheel that ``make engine`` fetched and checked into build/upstream/.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import glob
 import hashlib
 import importlib
@@ -44,13 +43,16 @@ import json
 import math
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import zipfile
 from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import stamp  # noqa: E402  (benchmark/gemma4/stamp.py: device, date and commit of a result)
+from graph_timing import graph_time_us  # noqa: E402
 
 import torch
 
@@ -143,37 +145,15 @@ def installed_engine(kernel_file: Path) -> dict:
     }
 
 
-def _git(*args) -> str | None:
-    try:
-        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-def resolve_commit(given: str | None) -> str:
-    """The commit this run measures: --commit, else the checkout's HEAD (+dirty when the kernel
-    file or this script differ from it). Without either the run is refused: results name a
-    commit."""
-    head = _git("rev-parse", "--short", "HEAD")
-    if given:
-        return given
-    if head is None:
-        raise SystemExit("cannot tell the commit (no git checkout here): pass --commit SHA")
-    dirty = _git("status", "--porcelain", "--", str(KERNEL_FILE),
-                 "benchmark/gemma4/bench_routing.py")
-    return head + ("+dirty" if dirty else "")
-
-
 def gpu_tag() -> str:
     gpu = torch.cuda.get_device_name().lower()
     return next((g for g in ("h200", "h100", "a100", "b200", "l40s") if g in gpu), "gpu")
 
 
-def stamp(commit: str) -> dict:
+def result_stamp(commit: str) -> dict:
     return {
-        "device": torch.cuda.get_device_name(),
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"),
+        "device": stamp.device_name(torch, cuda=True),
+        "date": stamp.utc_now(),
         "commit": commit,
         "python": platform.python_version(), "torch": torch.__version__,
         "triton": importlib.import_module("triton").__version__,
@@ -194,30 +174,8 @@ def torch_routing(gating_output, per_expert_scale, topk):
 
 def _graph_time_us(make_launch, buffers, launches: int, trials: int) -> float:
     """Median per-launch time of a CUDA graph of ``launches`` launches cycling through buffers."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for b in buffers[:3]:
-            make_launch(b)  # compile / warm up outside the capture
-    torch.cuda.current_stream().wait_stream(stream)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for i in range(launches):
-            make_launch(buffers[i % len(buffers)])
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(trials):
-        start.record()
-        graph.replay()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1000.0 / (2 * launches))
-    del graph
-    return statistics.median(times)
+    return graph_time_us(torch, lambda i: make_launch(buffers[i % len(buffers)]), launches,
+                         warmup=min(3, len(buffers)), trials=trials, replays_per_trial=2)
 
 
 def _buffers(nbytes_each: int, cold: bool, launches: int, make):
@@ -407,7 +365,8 @@ def main() -> int:
         raise SystemExit(f"--dtypes: {bad or args.dtypes!r} not in {sorted(DTYPE_SUFFIX)}")
     if not torch.cuda.is_available():
         raise SystemExit("bench_routing.py needs a CUDA GPU")
-    commit = resolve_commit(args.commit)
+    commit = stamp.commit(args.commit, paths=(str(KERNEL_FILE), "benchmark/gemma4/bench_routing.py"),
+                          required=True)
     try:
         upstream = load_upstream_routing(args.upstream_file)
     except (FileNotFoundError, ValueError) as err:
@@ -416,7 +375,7 @@ def main() -> int:
 
     t0 = time.time()
     peak = peak_copy_gbps()
-    meta = stamp(commit)
+    meta = result_stamp(commit)
     meta.update({
         "kernel_file": (str(args.kernel_file.resolve().relative_to(REPO))
                         if args.kernel_file.resolve().is_relative_to(REPO)

@@ -41,7 +41,6 @@ Expected on one H200: about 2 minutes, under 10 GiB of GPU memory.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
 import platform
@@ -51,6 +50,9 @@ import sys
 import tempfile
 import time
 import zlib
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import stamp  # noqa: E402  (benchmark/gemma4/stamp.py: device, date and commit of a result)
 
 TOWERS = {
     "e2b": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=16, num_attention_heads=12,
@@ -415,25 +417,12 @@ def worker(args):
             del vt, ev, host
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    out["meta"]["device"] = torch.cuda.get_device_name() if device.type == "cuda" else (platform.processor() or "cpu")
+    out["meta"]["device"] = stamp.device_name(torch, cuda=device.type == "cuda")
     with open(args.json, "w") as f:
         json.dump(out, f, indent=1)
 
 
 # ================================================================================================= driver
-
-
-def _git_head(cwd):
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                              timeout=10)
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return head.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.TimeoutExpired):
-        return None
 
 
 def _slug(device_name):
@@ -465,7 +454,7 @@ def render_markdown(res):
     lines = [
         "# Gemma-4 vision encoder on the real engines: sglang 0.5.23 vs the series, fa3 and triton_attn",
         "",
-        f"Device: {m['device']}; date {m['date_utc']} UTC; series commit {m['commit']} "
+        f"Device: {m['device']}; date {m['date']}; series commit {m['commit']} "
         f"({m['commit_source']}); engines: stock sglang {up['meta']['sglang']}, patched {pt['meta']['sglang']}; "
         f"torch {pt['meta']['torch']}, triton {pt['meta'].get('triton', '?')}, transformers "
         f"{pt['meta']['transformers']}; median of {m['reps']} calls after {m['warmup']} warm-up calls; "
@@ -524,12 +513,13 @@ def driver(args):
         patched = run_engine(args.patched_python, "patched", args, tmp)
     if patched["meta"].get("series_commit") is None and patched["meta"].get("series_version") is None:
         print("warning: the --patched-python engine has no Gemma-4 series manifest", file=sys.stderr)
-    head = _git_head(os.path.dirname(os.path.abspath(__file__)))
+    head, dirty = stamp.checkout_head()
+    head = head and head + ("-dirty" if dirty else "")
     commit, source = (head, "git checkout") if head else (
         patched["meta"].get("series_commit") or "unknown", "series manifest of the patched engine")
     res = {
         "meta": {"device": patched["meta"]["device"],
-                 "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+                 "date": stamp.utc_now(),
                  "commit": commit, "commit_source": source,
                  "series_commit_of_patched_engine": patched["meta"].get("series_commit"),
                  "reps": args.reps, "warmup": args.warmup, "quick": args.quick,

@@ -53,7 +53,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import datetime as _dt
 import difflib
 import gzip
 import json
@@ -61,11 +60,13 @@ import os
 import re
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import stamp  # noqa: E402  (benchmark/gemma4/stamp.py: device, date and commit of a result)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -705,18 +706,8 @@ def _short(name: str, limit: int = 90) -> str:
 # --------------------------------------------------------------------------------------------------------
 # Reports
 # --------------------------------------------------------------------------------------------------------
-def _git_commit() -> str:
-    env = os.environ.get("DECODE_PROFILE_COMMIT")
-    if env:
-        return env
-    try:
-        head = subprocess.check_output(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], text=True,
-                                       stderr=subprocess.DEVNULL).strip()
-        dirty = subprocess.run(["git", "-C", REPO, "diff", "--quiet", "HEAD", "--",
-                                "benchmark/gemma4/decode_profile.py"], stderr=subprocess.DEVNULL).returncode != 0
-        return head + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+def _commit() -> str:
+    return stamp.commit(paths=("benchmark/gemma4/decode_profile.py",))
 
 
 def _fmt_bytes(x: float) -> str:
@@ -742,7 +733,7 @@ def _rules_markdown() -> List[str]:
 def floor_report(models: Sequence[str], batch_sizes: Sequence[int], context: int, configs_dir: str,
                  bw: float, peak: float) -> Tuple[Dict[str, Any], str]:
     data: Dict[str, Any] = {
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"), "commit": _git_commit(),
+        "date": stamp.utc_now(), "commit": _commit(),
         "bandwidth_bytes_per_s": bw, "peak_bf16_flop_per_s": peak, "context": context,
         "batch_sizes": list(batch_sizes), "configs": "benchmark/gemma4/configs", "models": {},
     }
@@ -1223,7 +1214,7 @@ def _engine_meta(torch) -> Dict[str, Any]:
         meta["series"] = gemma4_series.summary_line()
     except ImportError:
         meta["series"] = None
-    meta["device"] = torch.cuda.get_device_name(0)
+    meta["device"] = stamp.device_name(torch, cuda=True)
     return meta
 
 
@@ -1308,7 +1299,7 @@ def cmd_run(opts, engine: Optional[Tuple[Any, Any, Any, Any]] = None) -> int:
     label = opts.engine_label or ("patched" if meta.get("series") and "none" not in meta["series"] else "stock")
     meta.update({
         "model": geom.name, "model_dir": os.path.basename(os.path.normpath(opts.model)), "engine_label": label,
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": _git_commit(),
+        "date": stamp.utc_now(), "commit": _commit(),
         "load_format": _flag_value(argv, "--load-format") or "auto", "server_args": argv[2:],
         "batch_sizes": sizes, "context_target": opts.context, "warmup_steps": WARMUP_STEPS,
         "timed_steps": TIMED_STEPS, "profiled_steps": opts.steps, "timings": timings,

@@ -50,18 +50,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as _dt
 import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 import types
 from typing import Any, Callable, Dict, List, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import stamp  # noqa: E402  (benchmark/gemma4/stamp.py: device, date and commit of a result)
 TRANSPORT_MODULE = "sglang.srt.multimodal.gemma4_pixel_transport"
 TRANSPORT_SWITCH = "SGLANG_GEMMA4_UINT8_PIXELS"
 
@@ -96,14 +96,6 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
-
-
-def _git_head() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
-                              text=True, timeout=10).stdout.strip() or "unknown"
-    except Exception:
-        return "unknown"
 
 
 def _tensor_info(value) -> List[Dict[str, Any]]:
@@ -710,8 +702,8 @@ def main(argv=None) -> int:
     import importlib.metadata as md
 
     res = {
-        "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "commit": _git_head(),
+        "date": stamp.utc_now(),
+        "commit": stamp.commit(),
         "machine": {"where": "GPU machine" if cuda else "CPU only", "cpu": _cpu_name(), "cores": os.cpu_count(),
                     "gpu": torch.cuda.get_device_name(0) if cuda else "none",
                     "python": platform.python_version(), "sglang": md.version("sglang"),

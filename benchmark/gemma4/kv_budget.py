@@ -10,6 +10,8 @@ imports this module.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import os
 from typing import Any, Dict, Optional, Tuple
@@ -17,6 +19,30 @@ from typing import Any, Dict, Optional, Tuple
 # Memory the CUDA context, cuBLAS/NCCL workspaces take before the weights load
 # (the part of the card that `pre_model_load_memory` never sees).
 CUDA_CONTEXT_BYTES = 1 << 30
+
+
+# Modules of sglang 0.5.23 that read the card size through their own name for get_device_memory_capacity.
+_CAPACITY_READERS = ("sglang.srt.utils.common", "sglang.srt.arg_groups.memory_hook",
+                     "sglang.srt.arg_groups.kv_shard_hook")
+
+
+@contextlib.contextmanager
+def device_capacity(mib: Optional[float]):
+    """Make sglang's argument resolution see a card of ``mib`` MiB (None: no GPU visible)."""
+    saved = []
+    for name in _CAPACITY_READERS:
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(mod, "get_device_memory_capacity"):
+            saved.append((mod, mod.get_device_memory_capacity))
+            mod.get_device_memory_capacity = lambda *a, **k: mib
+    try:
+        yield
+    finally:
+        for mod, f in saved:
+            mod.get_device_memory_capacity = f
 
 
 def text_config_of(hf_config: Any) -> Any:

@@ -30,11 +30,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as _dt
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
@@ -42,6 +40,7 @@ from typing import Any, Dict, List, Optional, Tuple
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import kv_budget  # noqa: E402  (planner-only budget estimate)
+import stamp  # noqa: E402  (device, date and commit of a result)
 
 # Card sizes as torch/nvidia-smi report them (MiB), and the platform flag
 # that selects sglang's Gemma-4 defaults (attention backend, page size).
@@ -84,41 +83,6 @@ def _find_config_dir(roots: List[str], variant: str, assistant: bool) -> Optiona
             if os.path.isfile(os.path.join(path, "config.json")):
                 return path
     return None
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.check_output(
-            ["git", "-C", REPO, "rev-parse", "--short", "HEAD"], text=True
-        ).strip()
-    except Exception:
-        return "unknown"
-
-
-@contextlib.contextmanager
-def _gpu_capacity(mib: float):
-    """Make sglang's resolution see a card of ``mib`` MiB."""
-    import sglang.srt.arg_groups.memory_hook as memory_hook
-    import sglang.srt.utils.common as common
-
-    patched = [(common, "get_device_memory_capacity")]
-    if hasattr(memory_hook, "get_device_memory_capacity"):
-        patched.append((memory_hook, "get_device_memory_capacity"))
-    try:
-        import sglang.srt.arg_groups.kv_shard_hook as kv_shard_hook
-
-        if hasattr(kv_shard_hook, "get_device_memory_capacity"):
-            patched.append((kv_shard_hook, "get_device_memory_capacity"))
-    except ImportError:
-        pass
-    saved = [(m, n, getattr(m, n)) for m, n in patched]
-    for m, n in patched:
-        setattr(m, n, lambda *a, **k: mib)
-    try:
-        yield
-    finally:
-        for m, n, f in saved:
-            setattr(m, n, f)
 
 
 # Pool accounting per policy: (series draft-row fix on, series shared-layer fix on).
@@ -271,7 +235,7 @@ def plan_cell(
     sizing_log.setLevel(logging.INFO)
     sizing._LOGGED.clear()
     try:
-        with _env(env), _pool_layout(*LAYOUTS[policy]), _gpu_capacity(spec["mib"]), \
+        with _env(env), _pool_layout(*LAYOUTS[policy]), kv_budget.device_capacity(spec["mib"]), \
                 rc.override_platform(**spec["platform"]):
             server_args = prepare_server_args(args)
             server_args.resolve_once()
@@ -596,8 +560,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                                 flush=True,
                             )
     meta = {
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": _git_commit(),
+        "date": stamp.utc_now(),
+        "commit": stamp.commit(),
         "sglang": getattr(sglang, "__version__", "?"),
         "device": "CPU only (planner); GPU sizes modelled",
         "config_sources": sorted(sources),

@@ -84,7 +84,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import stamp  # noqa: E402  (benchmark/gemma4/stamp.py: device, date and commit of a result)
+
+REPO = stamp.REPO
 HOST = "127.0.0.1"
 ENGINES = ("upstream", "patched")
 FORMAT = "serve_ab/2"
@@ -482,31 +485,10 @@ def probe_engine(python: str) -> Dict[str, Any]:
     return info
 
 
-def _git(*args: str) -> Optional[str]:
-    try:
-        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def git_commit() -> Tuple[Optional[str], Optional[bool]]:
-    """Short HEAD and dirtiness of the repository this script lives in, or (None, None) when it is not the
-    top of a git checkout."""
-    top = _git("rev-parse", "--show-toplevel")
-    if not top or os.path.realpath(top) != os.path.realpath(REPO):
-        return None, None
-    head = _git("rev-parse", "--short", "HEAD")
-    if not head:
-        return None, None
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    return head, (bool(status) if status is not None else None)
-
-
 def commit_info(patched_probe: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     """The commit to name in results: the checkout's HEAD, else the patched engine's manifest key
     ``series_commit``, else "unknown"; with where it came from."""
-    head, dirty = git_commit()
+    head, dirty = stamp.checkout_head()
     manifest = (patched_probe or {}).get("series") or {}
     value = manifest.get("series_commit") if isinstance(manifest, dict) else None
     if head:
@@ -517,17 +499,6 @@ def commit_info(patched_probe: Optional[Dict[str, Any]]) -> Dict[str, Any]:
         return {"commit": str(value), "commit_source": "series manifest of the patched engine", "commit_dirty": None}
     return {"commit": "unknown", "commit_dirty": None,
             "commit_source": "none (not a git checkout, and no series_commit in the patched engine's manifest)"}
-
-
-def _device() -> str:
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
-        if out.returncode == 0 and out.stdout.strip():
-            return "; ".join(ln.strip() for ln in out.stdout.strip().splitlines())
-    except (OSError, subprocess.TimeoutExpired):
-        pass
-    return "no GPU (CPU machine)"
 
 
 def _check_python(engine: str, python: str) -> str:
@@ -1246,7 +1217,7 @@ def merge_docs(paths: Sequence[str], take: Optional[Dict[str, Set[Tuple[str, str
         "meta": {"model": base["meta"]["model"], "load_format": base["meta"].get("load_format"),
                  "extra_server_args": base["meta"].get("extra_server_args"), "mtp": base["meta"].get("mtp"),
                  "base_seed": base["meta"].get("base_seed"),
-                 "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")},
+                 "date": stamp.utc_now()},
         "workloads": workloads,
         "servers": [dict(s, source=os.path.basename(p)) for p, d in docs for s in d["servers"]],
         "runs": [dict(r, source=os.path.basename(p)) for p, d in docs for r in d["runs"]],
@@ -1376,8 +1347,8 @@ def _make_plan(ns: argparse.Namespace) -> Tuple[Plan, Dict[str, Any]]:
         with contextlib.suppress(ServeABError):
             patched_probe = probe_engine(_check_python("patched", ns.patched_python))
     meta = {
-        "model": model, "model_arg": ns.model, "load_format": load_format, "device": _device(),
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "model": model, "model_arg": ns.model, "load_format": load_format, "device": stamp.gpu_line(driver=False) or "no GPU (CPU machine)",
+        "date": stamp.utc_now(),
         **commit_info(patched_probe),
         "engines": engines, "engine_info": probes,
         "bench_client": {"python": bench_python, "version": probe_engine(bench_python).get("version")},

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import datetime
 import io
 import json
 import math
@@ -64,6 +63,9 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import stamp  # noqa: E402  (benchmark/gemma4/stamp.py: device, date and commit of a result)
 
 FORMAT = "gemma4-serve-parity/1"
 # Image prompts: one list of (height, width) per prompt. Patches of 16 px, 3x3 pooling, at most 280 soft
@@ -315,9 +317,9 @@ def collect(base: str, model_dir: str, engine: str, *, text_n: int = 24, image_k
             "image_max_new_tokens": image_max_new_tokens,
             "concurrency": concurrency,
             "server_info": info,
-            "device": _device_line(),
-            "commit": _commit(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "device": (stamp.gpu_line() or "no nvidia-smi (CPU)"),
+            "commit": stamp.commit(),
+            "date": stamp.utc_now(),
             "seconds": round(seconds, 2),
         },
         "text": results[: len(texts)],
@@ -645,31 +647,6 @@ def _hf_by_index(hf: Optional[Dict[str, Any]], kind: str, engine: Dict[str, Any]
     return by
 
 
-def _device_line() -> str:
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
-        if out.returncode == 0 and out.stdout.strip():
-            return "; ".join(line.strip() for line in out.stdout.strip().splitlines())
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return "no nvidia-smi (CPU)"
-
-
-def _commit() -> str:
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        rev = subprocess.run(["git", "-C", here, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
-                             timeout=20)
-        if rev.returncode != 0:
-            return "unknown (no git)"
-        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=20)
-        return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (no git)"
-
-
 def build_report(a: Dict[str, Any], b: Dict[str, Any], hf_a: Optional[Dict[str, Any]] = None,
                  hf_b: Optional[Dict[str, Any]] = None, tie_eps: float = TIE_EPS) -> Dict[str, Any]:
     for kind in ("text", "image"):
@@ -860,9 +837,9 @@ def run_report(ns: argparse.Namespace) -> Dict[str, Any]:
         "name": ns.name,
         "engine_a": ma.get("engine", "a"),
         "engine_b": mb.get("engine", "b"),
-        "device": ma.get("device") or _device_line(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": _commit(),
+        "device": ma.get("device") or (stamp.gpu_line() or "no nvidia-smi (CPU)"),
+        "date": stamp.utc_now(),
+        "commit": stamp.commit(),
         "collect_commits": sorted({str(m.get("commit")) for m in (ma, mb) if m.get("commit")}),
         "collect_dates": [ma.get("date"), mb.get("date")],
         "model": os.path.basename(os.path.normpath(ma.get("model_dir", "?"))),

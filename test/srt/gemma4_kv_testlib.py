@@ -12,95 +12,41 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                 "benchmark", "gemma4"))
 import kv_budget  # noqa: E402  (benchmark/gemma4/kv_budget.py: the KV configurator the planner builds)
+import make_model_dir  # noqa: E402  (benchmark/gemma4/make_model_dir.py: the published geometry, one place)
 
 GIB = 1 << 30
 H100_MIB = 81559
 B200_MIB = 183359
 
-ROPE = {
-    "full_attention": {
-        "partial_rotary_factor": 0.25,
-        "rope_theta": 1e6,
-        "rope_type": "proportional",
-    },
-    "sliding_attention": {"rope_theta": 1e4, "rope_type": "default"},
-}
+ROPE = make_model_dir.target_config("e2b")["text_config"]["rope_parameters"]
 
 
 def layer_types(n, sliding_per_full):
-    period = sliding_per_full + 1
-    return ["sliding_attention" if (i + 1) % period else "full_attention" for i in range(n)]
+    return make_model_dir.layer_types(n, sliding_per_full + 1)
 
 
-E2B_TEXT = dict(
-    hidden_size=1536,
-    num_hidden_layers=35,
-    intermediate_size=6144,
-    num_attention_heads=8,
-    num_key_value_heads=1,
-    head_dim=256,
-    global_head_dim=512,
-    sliding_window=512,
-    num_kv_shared_layers=20,
-    hidden_size_per_layer_input=256,
-    vocab_size_per_layer_input=262144,
-    use_double_wide_mlp=True,
-    attention_k_eq_v=False,
-    max_position_embeddings=131072,
-    layer_types=layer_types(35, 4),
-)
-MOE_26B_TEXT = dict(
-    hidden_size=2816,
-    num_hidden_layers=30,
-    intermediate_size=2112,
-    num_attention_heads=16,
-    num_key_value_heads=8,
-    num_global_key_value_heads=2,
-    head_dim=256,
-    global_head_dim=512,
-    sliding_window=1024,
-    attention_k_eq_v=True,
-    enable_moe_block=True,
-    num_experts=128,
-    top_k_experts=8,
-    moe_intermediate_size=704,
-    max_position_embeddings=262144,
-    hidden_size_per_layer_input=0,
-    vocab_size_per_layer_input=0,
-    layer_types=layer_types(30, 5),
-)
-DENSE_31B_TEXT = dict(
-    hidden_size=5376,
-    num_hidden_layers=60,
-    intermediate_size=21504,
-    num_attention_heads=32,
-    num_key_value_heads=16,
-    num_global_key_value_heads=4,
-    head_dim=256,
-    global_head_dim=512,
-    sliding_window=1024,
-    attention_k_eq_v=True,
-    max_position_embeddings=262144,
-    hidden_size_per_layer_input=0,
-    vocab_size_per_layer_input=0,
-    layer_types=layer_types(60, 5),
-)
-ASSISTANT_26B_TEXT = dict(
-    hidden_size=1024,
-    num_hidden_layers=4,
-    intermediate_size=8192,
-    num_attention_heads=16,
-    num_key_value_heads=8,
-    num_global_key_value_heads=2,
-    head_dim=256,
-    global_head_dim=512,
-    attention_k_eq_v=True,
-    sliding_window=1024,
-    num_kv_shared_layers=4,
-    hidden_size_per_layer_input=0,
-    vocab_size_per_layer_input=0,
-    layer_types=["sliding_attention"] * 3 + ["full_attention"],
-)
+# The published geometry lives in benchmark/gemma4/make_model_dir.py (which also writes configs/*/config.json);
+# these are views of it, restricted to the keys the KV tests write into their config.json files.
+_TARGET_KEYS = ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads",
+                "num_key_value_heads", "head_dim", "global_head_dim", "sliding_window", "attention_k_eq_v",
+                "max_position_embeddings", "hidden_size_per_layer_input", "vocab_size_per_layer_input",
+                "layer_types")
+_OPTIONAL_KEYS = ("num_global_key_value_heads", "num_kv_shared_layers", "use_double_wide_mlp",
+                  "enable_moe_block", "num_experts", "top_k_experts", "moe_intermediate_size")
+
+
+def _geometry(text, keys=_TARGET_KEYS):
+    """The named keys of a published text config, plus the optional ones it sets (not None/False/0)."""
+    out = {k: text[k] for k in keys}
+    out.update({k: text[k] for k in _OPTIONAL_KEYS if text.get(k)})
+    return out
+
+
+E2B_TEXT = _geometry(make_model_dir.target_config("e2b")["text_config"])
+MOE_26B_TEXT = _geometry(make_model_dir.target_config("26b-a4b")["text_config"])
+DENSE_31B_TEXT = _geometry(make_model_dir.target_config("31b")["text_config"])
+ASSISTANT_26B_TEXT = _geometry(make_model_dir.assistant_config("26b-a4b")["text_config"],
+                               keys=tuple(k for k in _TARGET_KEYS if k != "max_position_embeddings"))
 # A tiny text model with the E2B structure: 10 layers, full every 5th, last 4 KV-shared.
 TINY_TEXT = dict(
     hidden_size=32,
@@ -120,17 +66,10 @@ TINY_TEXT = dict(
     max_position_embeddings=256,
     layer_types=layer_types(10, 4),
 )
-LARGE_VISION = {
-    "model_type": "gemma4_vision",
-    "hidden_size": 1152,
-    "intermediate_size": 4304,
-    "num_hidden_layers": 27,
-    "num_attention_heads": 16,
-    "num_key_value_heads": 16,
-    "head_dim": 72,
-    "patch_size": 16,
-    "pooling_kernel_size": 3,
-}
+LARGE_VISION = {k: make_model_dir.target_config("26b-a4b")["vision_config"][k]
+                for k in ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
+                          "num_attention_heads", "num_key_value_heads", "head_dim", "patch_size",
+                          "pooling_kernel_size")}
 
 
 def _dump(root, name, cfg):
@@ -201,21 +140,7 @@ def restored_process_state():
         os.environ.update(saved)
 
 
-@contextlib.contextmanager
-def card(mib):
-    """Make resolution see a GPU of ``mib`` MiB (None: no GPU visible)."""
-    import sglang.srt.arg_groups.memory_hook as memory_hook
-    import sglang.srt.utils.common as common
-
-    targets = [m for m in (common, memory_hook) if hasattr(m, "get_device_memory_capacity")]
-    saved = [(m, m.get_device_memory_capacity) for m in targets]
-    for m in targets:
-        m.get_device_memory_capacity = lambda *a, **k: mib
-    try:
-        yield
-    finally:
-        for m, f in saved:
-            m.get_device_memory_capacity = f
+card = kv_budget.device_capacity  # make resolution see a GPU of ``mib`` MiB (None: no GPU visible)
 
 
 def resolve(model_path, *extra, mib=H100_MIB, sm100=False, publish=False):

@@ -589,6 +589,7 @@ def test_version_and_commit_come_from_the_manifest_outside_a_checkout(tiny_dir, 
     copy = tmp_path / "tree" / "benchmark" / "gemma4" / "serve_ab.py"
     copy.parent.mkdir(parents=True)
     shutil.copy(SERVE_AB, copy)
+    shutil.copy(os.path.join(os.path.dirname(SERVE_AB), "stamp.py"), copy.parent)
     manifest = {"upstream": "sglang==0.5.23", "version": "0.5.23+gemma4.7", "series_commit": "c0ffee1",
                 "patches": [{"name": "0001-gemma4-series-manifest.patch"}, {"name": "0010-x.patch"}]}
     patched = _fake_engine(tmp_path / "patched", "0.5.23+gemma4.7", manifest)
@@ -1026,8 +1027,8 @@ def test_after_passes_command_runs_against_each_live_server(tiny_dir, tmp_path, 
 
 def test_commit_info_keeps_the_engine_build_commit_beside_a_checkout(monkeypatch):
     probe = {"series": {"series_commit": "591ee15"}}
-    monkeypatch.setattr(sab, "git_commit", lambda: ("cb9725c", True))
+    monkeypatch.setattr(sab.stamp, "checkout_head", lambda: ("cb9725c", True))
     info = sab.commit_info(probe)
     assert info["commit"] == "cb9725c" and info["engine_series_commit"] == "591ee15"
-    monkeypatch.setattr(sab, "git_commit", lambda: (None, None))
+    monkeypatch.setattr(sab.stamp, "checkout_head", lambda: (None, None))
     assert sab.commit_info(probe)["commit"] == "591ee15"
