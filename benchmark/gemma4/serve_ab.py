@@ -72,6 +72,7 @@ import json
 import os
 import random
 import re
+import select
 import shlex
 import signal
 import socket
@@ -629,6 +630,10 @@ class Plan:
     num_prompts_for: Dict[str, int] = field(default_factory=dict)
     # Shell command run against each live server after its passes ({port} {engine} {model} {host}).
     after_passes: Optional[str] = None
+    # "fork": passes forked from one process that imported bench_serving once (bench_forkserver.py);
+    # "process": one `python -m sglang.bench_serving` per pass.
+    bench_mode: str = "fork"
+    bench_server: Optional["ForkServer"] = None
 
     def profiles(self) -> List[Profile]:
         """Workloads grouped by identical server arguments and environment, in order of first appearance."""
@@ -786,6 +791,109 @@ def pass_tag(engine: str, wl: Workload, kind: str, rep: int) -> str:
     return f"{engine}-{wl.name}-{'warmup' if kind == 'warmup' else f'rep{rep}'}"
 
 
+FORKSERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_forkserver.py")
+
+
+class ForkedPass:
+    """One bench_serving pass forked by the fork server; the Popen surface run_pass uses."""
+
+    def __init__(self, pid: int, rc_file: str):
+        self.pid, self.rc_file, self.returncode = pid, rc_file, None
+
+    def poll(self) -> Optional[int]:
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, 0)
+                return None
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                return None
+            try:
+                with open(self.rc_file, "r", encoding="utf-8") as f:
+                    self.returncode = int(f.read().strip() or "1")
+            except (OSError, ValueError):
+                self.returncode = -signal.SIGKILL  # gone without writing its status: killed
+        return self.returncode
+
+    def wait(self, timeout: float = 30.0) -> Optional[int]:
+        end = time.monotonic() + timeout
+        while self.poll() is None and time.monotonic() < end:
+            time.sleep(0.05)
+        return self.returncode
+
+
+class ForkServer:
+    """``bench_python bench_forkserver.py``: imports bench_serving once, forks one child per pass."""
+
+    def __init__(self, python: str, env: Dict[str, str], log_path: str, entry: Optional[str] = None,
+                 ready_timeout_s: float = 600.0):
+        self.log_path = log_path
+        self._log = open(log_path, "a", encoding="utf-8")
+        cmd = [python, FORKSERVER] + ([entry] if entry else [])
+        self._log.write("$ " + " ".join(shlex.quote(c) for c in cmd) + "\n")
+        self._log.flush()
+        try:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+                                         text=True, env=env, cwd=REPO, start_new_session=True)
+        except OSError as e:
+            raise ServeABError(f"cannot start the bench_serving fork server ({' '.join(cmd)}): {e}") from e
+        reply = self._reply(ready_timeout_s, "import bench_serving")
+        if not reply.get("ready"):
+            self.close()
+            raise ServeABError(f"bench_serving fork server did not start: {reply}; log {log_path}:\n"
+                               f"{_tail(log_path)}")
+
+    def _reply(self, timeout_s: float, what: str) -> Dict[str, Any]:
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout_s)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line:
+            self.close()
+            raise ServeABError(f"bench_serving fork server gave no answer to {what!r} in {timeout_s:.0f}s "
+                               f"(exit status {self.proc.poll()}); log {self.log_path}:\n{_tail(self.log_path)}")
+        try:
+            return json.loads(line)
+        except ValueError:
+            return {"error": line.strip()}
+
+    def start(self, argv: Sequence[str], log_path: str, rc_file: str, env: Dict[str, str]) -> ForkedPass:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(rc_file)
+        req = {"argv": list(argv), "log": log_path, "rc_file": rc_file, "cwd": REPO, "env": env}
+        try:
+            self.proc.stdin.write(json.dumps(req) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError) as e:
+            raise ServeABError(f"bench_serving fork server is gone (exit status {self.proc.poll()}): {e}; "
+                               f"log {self.log_path}:\n{_tail(self.log_path)}") from e
+        reply = self._reply(60.0, "fork a pass")
+        if "pid" not in reply:
+            raise ServeABError(f"bench_serving fork server refused a pass: {reply}")
+        return ForkedPass(int(reply["pid"]), rc_file)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        self._log.close()
+
+
+def start_bench(plan: Plan, cmd: List[str], log, log_path: str, out_file: str):
+    """Start one pass: forked from the fork server (started on first use), or as its own process."""
+    if plan.bench_mode == "process":
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=plan.env, cwd=REPO,
+                                start_new_session=True)
+    if plan.bench_server is None:
+        plan.bench_server = ForkServer(plan.bench_python, plan.env, os.path.join(plan.log_dir, "bench-forkserver.log"))
+    log.flush()
+    return plan.bench_server.start(cmd[3:], log_path, out_file + ".rc", plan.env)
+
+
 def run_pass(plan: Plan, server: Server, engine: str, wl: Workload, profile: str, kind: str, rep: int,
              seed: int, prompts: int, recorder: Recorder) -> Dict[str, Any]:
     tag = pass_tag(engine, wl, kind, rep)
@@ -816,8 +924,7 @@ def run_pass(plan: Plan, server: Server, engine: str, wl: Workload, profile: str
             log.write("$ " + " ".join(shlex.quote(c) for c in cmd) + "\n")
             log.flush()
             try:
-                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=plan.env, cwd=REPO,
-                                        start_new_session=True)
+                proc = start_bench(plan, cmd, log, log_path, out_file)
             except OSError as e:
                 raise ServeABError(f"[{engine}/{wl.name}] cannot start bench_serving: {e}") from e
             try:
@@ -977,6 +1084,9 @@ def run_ab(plan: Plan, recorder: Recorder) -> None:
     finally:
         for s in servers:
             s.stop(grace_s=10)
+        if plan.bench_server is not None:
+            plan.bench_server.close()
+            plan.bench_server = None
         for s, h in previous.items():
             signal.signal(s, h)
 
@@ -1241,6 +1351,10 @@ def _run_parser(sub) -> argparse.ArgumentParser:
     ap.add_argument("--upstream-python", default=DEFAULT_PYTHON["upstream"])
     ap.add_argument("--patched-python", default=DEFAULT_PYTHON["patched"])
     ap.add_argument("--bench-python", default=None, help="python that runs bench_serving (default: patched)")
+    ap.add_argument("--bench-mode", choices=["fork", "process"], default="fork",
+                    help="fork: every pass forked from one process that imported bench_serving once "
+                         "(bench_forkserver.py; saves the import, ~20 s per pass); process: one "
+                         "`python -m sglang.bench_serving` per pass")
     ap.add_argument("--port", type=int, default=30000)
     ap.add_argument("--ready-timeout", type=float, default=900.0, help="seconds to wait for each server")
     ap.add_argument("--bench-timeout", type=float, default=3600.0, help="seconds for one bench_serving pass")
@@ -1336,7 +1450,7 @@ def _make_plan(ns: argparse.Namespace) -> Tuple[Plan, Dict[str, Any]]:
         after_passes=ns.after_passes, repeats=ns.repeats,
         log_dir=os.path.join(os.path.abspath(ns.log_dir), ns.name), dataset_path=dataset_path,
         warmup_prompts=ns.warmup_prompts, base_seed=ns.base_seed, order=ns.order,
-        mtp_flags=mtp_flags(draft) if draft else [], flush=not ns.no_flush, env=env,
+        mtp_flags=mtp_flags(draft) if draft else [], flush=not ns.no_flush, env=env, bench_mode=ns.bench_mode,
     )
     for wl in workloads:  # fail early on a workload whose arguments cannot be rewritten
         plan.passes(wl)
@@ -1351,7 +1465,8 @@ def _make_plan(ns: argparse.Namespace) -> Tuple[Plan, Dict[str, Any]]:
         "date": stamp.utc_now(),
         **commit_info(patched_probe),
         "engines": engines, "engine_info": probes,
-        "bench_client": {"python": bench_python, "version": probe_engine(bench_python).get("version")},
+        "bench_client": {"python": bench_python, "version": probe_engine(bench_python).get("version"),
+                         "mode": ns.bench_mode},
         "order_mode": ns.order,
         "order": [{"profile": p.name, "engines": plan.engine_order(i), "workloads": [w.name for w in p.workloads]}
                   for i, p in enumerate(plan.profiles())],

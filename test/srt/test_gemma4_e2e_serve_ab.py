@@ -389,7 +389,7 @@ def _base_args(tiny_dir, tmp_path, port, server_cmd, out="out"):
         "--upstream-python", sys.executable, "--patched-python", sys.executable,
         "--server-cmd", server_cmd + f" --record {rec}",
         "--out", str(tmp_path / out), "--log-dir", str(tmp_path / "logs"),
-        "--ready-timeout", "60",
+        "--ready-timeout", "60", "--bench-mode", "process",  # the stand-in client is a program, not a module
     ], str(rec)
 
 
@@ -874,11 +874,15 @@ def test_real_bench_serving(tiny_dir, tmp_path):
     port = _free_port()
     args, rec = _base_args(tiny_dir, tmp_path, port, _standin_cmd("--compile-on-request 2:0"))
     args += ["--engines", "patched", "--workloads", "images-nocache", "--num-prompts", "3",
-             "--warmup-prompts", "2", "--repeats", "1",
+             "--warmup-prompts", "2", "--repeats", "1", "--bench-mode", "fork",
              "--bench-args", "--random-input-len 40 --random-output-len 8 --warmup-requests 1 --image-count 2"]
     proc = _run_serve_ab(args)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     doc = _doc(tmp_path)
+    # Both passes were forked from one process that imported bench_serving once.
+    assert doc["meta"]["bench_client"]["mode"] == "fork"
+    fs_log = open(os.path.join(doc["meta"]["log_dir"], "bench-forkserver.log")).read()
+    assert fs_log.count("bench_forkserver.py") == 1
     md = (tmp_path / "out" / "serve_ab.md").read_text()
     starts = _starts(rec)
     assert len(starts) == 1 and _pids_alive(rec) == []
@@ -1032,3 +1036,62 @@ def test_commit_info_keeps_the_engine_build_commit_beside_a_checkout(monkeypatch
     assert info["commit"] == "cb9725c" and info["engine_series_commit"] == "591ee15"
     monkeypatch.setattr(sab.stamp, "checkout_head", lambda: (None, None))
     assert sab.commit_info(probe)["commit"] == "591ee15"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the bench_serving fork server, with a stand-in entry point
+# ---------------------------------------------------------------------------------------------------------
+FORK_TARGET = '''
+import os, sys, time
+def main():
+    args = sys.argv[1:]
+    print("argv", args, "cwd", os.getcwd(), "env", os.environ.get("FORK_TEST_VAR"), flush=True)
+    if "--sleep" in args:
+        time.sleep(float(args[args.index("--sleep") + 1]))
+    if "--raise" in args:
+        raise RuntimeError("stand-in failure")
+    if "--exit" in args:
+        sys.exit(int(args[args.index("--exit") + 1]))
+'''
+
+
+def test_fork_server_runs_passes_from_one_import(tmp_path):
+    (tmp_path / "forktarget.py").write_text(FORK_TARGET + "print('imported once', flush=True)\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), FORK_TEST_VAR="base")
+    fs = sab.ForkServer(sys.executable, env, str(tmp_path / "fs.log"), entry="forktarget:main")
+    try:
+        results = []
+        for i, extra in enumerate([[], ["--exit", "3"], ["--raise"]]):
+            log = tmp_path / f"p{i}.log"
+            log.write_text("$ header\n")
+            p = fs.start(["--seed", str(i), *extra], str(log), str(tmp_path / f"p{i}.rc"),
+                         dict(env, FORK_TEST_VAR=f"pass{i}"))
+            assert p.wait(30) is not None
+            results.append((p.returncode, log.read_text()))
+        assert [rc for rc, _ in results] == [0, 3, 1]
+        text0 = results[0][1]
+        assert text0.startswith("$ header\n")  # appended to the pass's own log
+        assert f"argv ['--seed', '0'] cwd {sab.REPO} env pass0" in text0
+        assert "RuntimeError: stand-in failure" in results[2][1]
+        # A pass that runs on is killed with its process group, as run_pass does; it leaves no status.
+        p = fs.start(["--sleep", "30"], str(tmp_path / "s.log"), str(tmp_path / "s.rc"), env)
+        time.sleep(0.3)
+        assert p.poll() is None
+        os.killpg(p.pid, 9)
+        assert p.wait(10) == -9
+        fs_log = (tmp_path / "fs.log").read_text()
+    finally:
+        fs.close()
+    assert fs.proc.returncode == 0
+    # The entry module was imported by the server only, not once per pass.
+    assert "imported once" not in "".join(t for _, t in results)
+    assert "forktarget:main" in fs_log and fs_log.count("imported once") == 1  # the import's stdout: the log
+
+
+def test_fork_server_start_failures_are_clear(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    with pytest.raises(sab.ServeABError, match="fork server gave no answer"):
+        sab.ForkServer(sys.executable, env, str(tmp_path / "a.log"), entry="no_such_module_x:main")
+    assert "No module named 'no_such_module_x'" in (tmp_path / "a.log").read_text()
+    with pytest.raises(sab.ServeABError, match="did not start"):
+        sab.ForkServer(sys.executable, env, str(tmp_path / "b.log"), entry="nocolon")
