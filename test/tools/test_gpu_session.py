@@ -81,3 +81,49 @@ def test_pack_cuts_large_results_into_parts(tmp_path):
 def test_bad_plans_are_refused_with_a_clear_message(tmp_path, steps, message):
     res = _run("start", "--plan", _plan(tmp_path, steps), "--out", str(tmp_path / "res"), check=False)
     assert res.returncode == 2 and message in res.stderr
+
+
+PLANS = os.path.join(REPO, "benchmark", "gemma4", "gpu_plans")
+
+
+def _load(name, path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("plan", sorted(p for p in os.listdir(PLANS) if p.endswith(".json")))
+def test_committed_plans_load_and_their_serve_ab_commands_parse(plan):
+    """A committed plan is spent on a 30-minute device lease: its steps must load, and every serve_ab.py run in
+    it must parse with serve_ab's own argument parser (a mistyped flag would cost the hold)."""
+    import shlex
+
+    gs = _load("gpu_session_for_plans", TOOL)
+    sab = _load("serve_ab_for_plans", os.path.join(REPO, "benchmark", "gemma4", "serve_ab.py"))
+    doc = gs.load_plan(os.path.join(PLANS, plan))
+    parser = sab.build_parser()
+    checked = 0
+    for step in doc["steps"]:
+        lexer = shlex.shlex(step["cmd"].replace("{out}", "/tmp/out"), posix=True, punctuation_chars=";&|")
+        lexer.whitespace_split = True
+        parts, cur = [], []
+        for tok in lexer:  # split into simple commands at ; && || | (quotes respected)
+            if tok and set(tok) <= set(";&|"):
+                parts.append(cur)
+                cur = []
+            else:
+                cur.append(tok)
+        parts.append(cur)
+        for words in parts:
+            if len(words) > 2 and words[1].endswith("serve_ab.py") and words[2] == "run":
+                ns = parser.parse_args(words[2:])  # SystemExit on an unknown flag
+                assert ns.command == "run" and ns.model
+                sab.parse_workloads(ns.workloads)
+                sab.parse_num_prompts(ns.num_prompts, [w.strip() for w in ns.workloads.split(",")])
+                checked += 1
+    if "serve_ab.py run" in json.dumps(doc):
+        assert checked, f"{plan}: a serve_ab.py run was not recognised by the check"
