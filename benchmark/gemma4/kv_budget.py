@@ -21,6 +21,18 @@ from typing import Any, Dict, Optional, Tuple
 CUDA_CONTEXT_BYTES = 1 << 30
 
 
+# The MTP deployment every Gemma-4 benchmark serves and plans for: the assistant as sglang's NEXTN draft
+# (promoted to FROZEN_KV_MTP for a Gemma-4 assistant), 3 steps, topk 1, 4 draft tokens.
+MTP_STEPS, MTP_TOPK, MTP_DRAFT_TOKENS = 3, 1, 4
+
+
+def mtp_args(draft: str) -> list:
+    """sglang server arguments for that MTP deployment with the assistant at ``draft``."""
+    return ["--speculative-algorithm", "NEXTN", "--speculative-draft-model-path", draft,
+            "--speculative-num-steps", str(MTP_STEPS), "--speculative-eagle-topk", str(MTP_TOPK),
+            "--speculative-num-draft-tokens", str(MTP_DRAFT_TOKENS)]
+
+
 # Modules of sglang 0.5.23 that read the card size through their own name for get_device_memory_capacity.
 _CAPACITY_READERS = ("sglang.srt.utils.common", "sglang.srt.arg_groups.memory_hook",
                      "sglang.srt.arg_groups.kv_shard_hook")

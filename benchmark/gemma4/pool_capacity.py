@@ -61,16 +61,6 @@ POLICIES = ["upstream", "reference", "series"]
 # What the deployment declares about request length.
 DECLARED = ["expected", "context=workload", "context 131072", "model default"]
 EXPECTED_ENV = "SGLANG_GEMMA4_EXPECTED_REQUEST_TOKENS"
-MTP_ARGS = [
-    "--speculative-algorithm",
-    "NEXTN",
-    "--speculative-num-steps",
-    "3",
-    "--speculative-eagle-topk",
-    "1",
-    "--speculative-num-draft-tokens",
-    "4",
-]
 
 log = logging.getLogger("pool_capacity")
 
@@ -220,7 +210,7 @@ def plan_cell(
     if mtp:
         if assistant_dir is None:
             raise ValueError(f"no assistant config for {variant_dir}")
-        args += MTP_ARGS + ["--speculative-draft-model-path", assistant_dir]
+        args += kv_budget.mtp_args(assistant_dir)
     if policy == "upstream" or policy in ATTRIBUTION:
         args += ["--swa-full-tokens-ratio", str(sizing.UPSTREAM_DEFAULT_RATIO)]
     elif policy == "reference":

@@ -86,6 +86,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import kv_budget  # noqa: E402  (benchmark/gemma4/kv_budget.py: the MTP deployment the planner assumes)
 import stamp  # noqa: E402  (benchmark/gemma4/stamp.py: device, date and commit of a result)
 
 REPO = stamp.REPO
@@ -101,7 +102,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 MIN_REPEATS_FOR_CLAIM = 3
 GEMMA4_ASSISTANT_ARCHS = ("Gemma4AssistantForCausalLM", "Gemma4UnifiedAssistantForCausalLM")
 # Gemma-4 assistant draft: sglang 0.5.23 promotes NEXTN (or EAGLE) to FROZEN_KV_MTP for it.
-MTP_STEPS, MTP_TOPK, MTP_DRAFT_TOKENS = 3, 1, 4
+MTP_STEPS, MTP_TOPK, MTP_DRAFT_TOKENS = kv_budget.MTP_STEPS, kv_budget.MTP_TOPK, kv_budget.MTP_DRAFT_TOKENS
 # Flags serve_ab sets itself on every bench_serving command; --bench-args must not set them.
 OWN_BENCH_FLAGS = {
     "--seed": "serve_ab sets it per pass; use --base-seed",
@@ -727,10 +728,7 @@ def bench_command(plan: Plan, wl: Workload, out_file: str, seed: int, prompts: i
     return cmd
 
 
-def mtp_flags(draft: str) -> List[str]:
-    return ["--speculative-algorithm", "NEXTN", "--speculative-draft-model-path", draft,
-            "--speculative-num-steps", str(MTP_STEPS), "--speculative-eagle-topk", str(MTP_TOPK),
-            "--speculative-num-draft-tokens", str(MTP_DRAFT_TOKENS)]
+mtp_flags = kv_budget.mtp_args
 
 
 def check_mtp_draft(draft: str) -> str:

@@ -167,20 +167,7 @@ def resolve(model_path, *extra, mib=H100_MIB, sm100=False, publish=False):
     return server_args
 
 
-def mtp_args(assistant):
-    """FROZEN_KV MTP with the Gemma-4 assistant: 3 steps, topk 1, 4 draft tokens."""
-    return [
-        "--speculative-algorithm",
-        "NEXTN",
-        "--speculative-draft-model-path",
-        assistant,
-        "--speculative-num-steps",
-        "3",
-        "--speculative-eagle-topk",
-        "1",
-        "--speculative-num-draft-tokens",
-        "4",
-    ]
+mtp_args = kv_budget.mtp_args  # FROZEN_KV MTP with the Gemma-4 assistant: 3 steps, topk 1, 4 draft tokens
 
 
 def configurator(server_args, *, device="cuda", is_draft_worker=False, page_size=None):

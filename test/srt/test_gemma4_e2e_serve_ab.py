@@ -589,7 +589,8 @@ def test_version_and_commit_come_from_the_manifest_outside_a_checkout(tiny_dir, 
     copy = tmp_path / "tree" / "benchmark" / "gemma4" / "serve_ab.py"
     copy.parent.mkdir(parents=True)
     shutil.copy(SERVE_AB, copy)
-    shutil.copy(os.path.join(os.path.dirname(SERVE_AB), "stamp.py"), copy.parent)
+    for helper in ("stamp.py", "kv_budget.py"):  # the modules serve_ab.py imports from its folder
+        shutil.copy(os.path.join(os.path.dirname(SERVE_AB), helper), copy.parent)
     manifest = {"upstream": "sglang==0.5.23", "version": "0.5.23+gemma4.7", "series_commit": "c0ffee1",
                 "patches": [{"name": "0001-gemma4-series-manifest.patch"}, {"name": "0010-x.patch"}]}
     patched = _fake_engine(tmp_path / "patched", "0.5.23+gemma4.7", manifest)

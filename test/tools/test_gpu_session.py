@@ -86,24 +86,18 @@ def test_bad_plans_are_refused_with_a_clear_message(tmp_path, steps, message):
 PLANS = os.path.join(REPO, "benchmark", "gemma4", "gpu_plans")
 
 
-def _load(name, path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.mark.parametrize("plan", sorted(p for p in os.listdir(PLANS) if p.endswith(".json")))
 def test_committed_plans_load_and_their_serve_ab_commands_parse(plan):
     """A committed plan is spent on a 30-minute device lease: its steps must load, and every serve_ab.py run in
     it must parse with serve_ab's own argument parser (a mistyped flag would cost the hold)."""
     import shlex
 
-    gs = _load("gpu_session_for_plans", TOOL)
-    sab = _load("serve_ab_for_plans", os.path.join(REPO, "benchmark", "gemma4", "serve_ab.py"))
+    sys.path.insert(0, os.path.dirname(TOOL))
+    try:
+        import gpu_session as gs
+        import serve_ab as sab
+    finally:
+        sys.path.remove(os.path.dirname(TOOL))
     doc = gs.load_plan(os.path.join(PLANS, plan))
     parser = sab.build_parser()
     checked = 0
