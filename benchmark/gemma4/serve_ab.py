@@ -887,7 +887,9 @@ def start_bench(plan: Plan, cmd: List[str], log, log_path: str, out_file: str):
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=plan.env, cwd=REPO,
                                 start_new_session=True)
     if plan.bench_server is None:
-        plan.bench_server = ForkServer(plan.bench_python, plan.env, os.path.join(plan.log_dir, "bench-forkserver.log"))
+        # SERVE_AB_BENCH_ENTRY (module:function, default bench_serving's cli_main): for the tests' stand-in client.
+        plan.bench_server = ForkServer(plan.bench_python, plan.env, os.path.join(plan.log_dir, "bench-forkserver.log"),
+                                       entry=plan.env.get("SERVE_AB_BENCH_ENTRY") or None)
     log.flush()
     return plan.bench_server.start(cmd[3:], log_path, out_file + ".rc", plan.env)
 
@@ -948,9 +950,12 @@ def run_pass(plan: Plan, server: Server, engine: str, wl: Workload, profile: str
         if proc.returncode != 0 or result is None:
             if not server.alive():
                 raise server.died_error(f"while bench_serving ran {what} ({where})")
+            hint = (" (this pass was forked from the bench_serving fork server; `--bench-mode process` runs "
+                    "each pass as its own process)" if plan.bench_mode == "fork" else "")
             raise ServeABError(
                 f"[{engine}/{wl.name}] bench_serving exited with status {proc.returncode} and "
-                f"{'no result' if result is None else 'a result'} ({where}); log {log_path}:\n{_tail(log_path)}"
+                f"{'no result' if result is None else 'a result'} ({where}){hint}; log {log_path}:\n"
+                f"{_tail(log_path)}"
             )
         if not result.get("completed"):
             raise ServeABError(f"[{engine}/{wl.name}] bench_serving completed 0 requests ({where}); log {log_path}")

@@ -357,9 +357,9 @@ def _starts(rec):
     return [json.loads(ln) for ln in open(os.path.join(rec, "starts.jsonl"))]
 
 
-def _run_serve_ab(args, timeout=420, script=SERVE_AB, cwd=REPO):
+def _run_serve_ab(args, timeout=420, script=SERVE_AB, cwd=REPO, env=None):
     return subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=cwd)
+                          cwd=cwd, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -1096,3 +1096,49 @@ def test_fork_server_start_failures_are_clear(tmp_path):
     assert "No module named 'no_such_module_x'" in (tmp_path / "a.log").read_text()
     with pytest.raises(sab.ServeABError, match="did not start"):
         sab.ForkServer(sys.executable, env, str(tmp_path / "b.log"), entry="nocolon")
+
+
+CLIENT_ENTRY = f'''
+import importlib.util, os, sys
+spec = importlib.util.spec_from_file_location("serve_ab_test_client", {THIS!r})
+client = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(client)
+
+
+def main():
+    if os.environ.get("CLIENT_FAIL_SEED") == sys.argv[sys.argv.index("--seed") + 1]:
+        print("stand-in client: failing on purpose", flush=True)
+        sys.exit(5)
+    client._client_main(["--client", *sys.argv[1:]])
+'''
+
+
+def test_fork_mode_protocol_with_the_stand_in_client(tiny_dir, tmp_path):
+    """The default bench mode end to end: every pass forked from one fork server (entry: the stand-in client),
+    passes recorded as in process mode, and a failing pass names the fork server and the way out."""
+    (tmp_path / "forkclient.py").write_text(CLIENT_ENTRY)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), SERVE_AB_BENCH_ENTRY="forkclient:main")
+    port = _free_port()
+    args, rec = _base_args(tiny_dir, tmp_path, port, _speed_cmd("--no-log-facts"))
+    args += ["--bench-mode", "fork", "--engines", "patched", "--workloads", "chat", "--num-prompts", "3",
+             "--warmup-prompts", "2", "--repeats", "2", "--bench-python", sys.executable,
+             "--bench-args", "--random-input-len 8 --random-output-len 6 --warmup-requests 1"]
+    proc = _run_serve_ab(args, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = _doc(tmp_path)
+    assert doc["meta"]["bench_client"]["mode"] == "fork"
+    assert [(r["kind"], r["seed"], r["status"]) for r in doc["runs"]] == [
+        ("warmup", 1, "ok"), ("timed", 2, "ok"), ("timed", 3, "ok")]
+    assert all(r["result"]["completed"] == r["num_prompts"] for r in doc["runs"])
+    fs_log = open(os.path.join(doc["meta"]["log_dir"], "bench-forkserver.log")).read()
+    assert fs_log.count("forkclient:main") == 1  # one fork server for the three passes
+    assert _pids_alive(rec) == []
+
+    proc = _run_serve_ab(args + ["--name", "serve_ab_fail"], env=dict(env, CLIENT_FAIL_SEED="2"))
+    assert proc.returncode == 2
+    assert "bench_serving exited with status 5 and no result (repeat 0, seed 2)" in proc.stderr
+    assert "`--bench-mode process` runs each pass as its own process" in proc.stderr
+    assert "stand-in client: failing on purpose" in proc.stderr  # the pass's log tail
+    bad = _doc(tmp_path, name="serve_ab_fail")
+    assert [(r["seed"], r["status"]) for r in bad["runs"]] == [(1, "ok"), (2, "failed")]
+    assert _pids_alive(rec) == []
