@@ -513,8 +513,7 @@ def driver(args):
         patched = run_engine(args.patched_python, "patched", args, tmp)
     if patched["meta"].get("series_commit") is None and patched["meta"].get("series_version") is None:
         print("warning: the --patched-python engine has no Gemma-4 series manifest", file=sys.stderr)
-    head, dirty = stamp.checkout_head()
-    head = head and head + ("-dirty" if dirty else "")
+    head = stamp.checkout_commit()
     commit, source = (head, "git checkout") if head else (
         patched["meta"].get("series_commit") or "unknown", "series manifest of the patched engine")
     res = {

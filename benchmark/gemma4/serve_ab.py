@@ -102,7 +102,6 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 MIN_REPEATS_FOR_CLAIM = 3
 GEMMA4_ASSISTANT_ARCHS = ("Gemma4AssistantForCausalLM", "Gemma4UnifiedAssistantForCausalLM")
 # Gemma-4 assistant draft: sglang 0.5.23 promotes NEXTN (or EAGLE) to FROZEN_KV_MTP for it.
-MTP_STEPS, MTP_TOPK, MTP_DRAFT_TOKENS = kv_budget.MTP_STEPS, kv_budget.MTP_TOPK, kv_budget.MTP_DRAFT_TOKENS
 # Flags serve_ab sets itself on every bench_serving command; --bench-args must not set them.
 OWN_BENCH_FLAGS = {
     "--seed": "serve_ab sets it per pass; use --base-seed",
@@ -727,8 +726,6 @@ def bench_command(plan: Plan, wl: Workload, out_file: str, seed: int, prompts: i
             "--ready-check-timeout-sec", "30", "--disable-tqdm"]
     return cmd
 
-
-mtp_flags = kv_budget.mtp_args
 
 
 def check_mtp_draft(draft: str) -> str:
@@ -1453,7 +1450,7 @@ def _make_plan(ns: argparse.Namespace) -> Tuple[Plan, Dict[str, Any]]:
         after_passes=ns.after_passes, repeats=ns.repeats,
         log_dir=os.path.join(os.path.abspath(ns.log_dir), ns.name), dataset_path=dataset_path,
         warmup_prompts=ns.warmup_prompts, base_seed=ns.base_seed, order=ns.order,
-        mtp_flags=mtp_flags(draft) if draft else [], flush=not ns.no_flush, env=env, bench_mode=ns.bench_mode,
+        mtp_flags=kv_budget.mtp_args(draft) if draft else [], flush=not ns.no_flush, env=env, bench_mode=ns.bench_mode,
     )
     for wl in workloads:  # fail early on a workload whose arguments cannot be rewritten
         plan.passes(wl)
@@ -1478,7 +1475,8 @@ def _make_plan(ns: argparse.Namespace) -> Tuple[Plan, Dict[str, Any]]:
         "num_prompts_override": ns.num_prompts, "flush_before_pass": plan.flush,
         "server_cmd_template": ns.server_cmd, "extra_server_args": plan.extra_server_args,
         "mtp": ({"draft": draft, "flags": plan.mtp_flags, "algorithm": "NEXTN (sglang promotes it to FROZEN_KV_MTP "
-                 f"for a Gemma-4 assistant), {MTP_STEPS} steps, topk {MTP_TOPK}, {MTP_DRAFT_TOKENS} draft tokens"}
+                 f"for a Gemma-4 assistant), {kv_budget.MTP_STEPS} steps, topk {kv_budget.MTP_TOPK}, "
+                 f"{kv_budget.MTP_DRAFT_TOKENS} draft tokens"}
                 if draft else None),
         "extra_bench_args": plan.bench_extra, "log_dir": plan.log_dir, "argv": list(sys.argv[1:]),
     }

@@ -378,14 +378,20 @@ def serve_and_collect(ns: argparse.Namespace) -> Dict[str, Any]:
 # ----------------------------------------------------------------------------------------------- transformers
 
 
-def load_collected(path: str) -> Dict[str, Any]:
+def _read_format(path: str, fmt: str, what: str) -> Dict[str, Any]:
+    """A JSON object whose "format" is ``fmt``; BadInput naming ``what`` otherwise."""
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except (OSError, ValueError) as e:
         raise BadInput(f"cannot read {path}: {e}")
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise BadInput(f"{path} is not a serve_parity collect file (format {FORMAT!r})")
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise BadInput(f"{path} is not {what}")
+    return data
+
+
+def load_collected(path: str) -> Dict[str, Any]:
+    data = _read_format(path, FORMAT, f"a serve_parity collect file (format {FORMAT!r})")
     for key in ("meta", "text", "image"):
         if key not in data:
             raise BadInput(f"{path}: missing {key!r}")
@@ -861,14 +867,7 @@ def run_report(ns: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _load_hf(path: str) -> Dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError) as e:
-        raise BadInput(f"cannot read {path}: {e}")
-    if not isinstance(data, dict) or data.get("format") != FORMAT + "+hf":
-        raise BadInput(f"{path} is not a serve_parity hf file")
-    return data
+    return _read_format(path, FORMAT + "+hf", "a serve_parity hf file")
 
 
 # ----------------------------------------------------------------------------------------------- CLI

@@ -48,6 +48,12 @@ def checkout_head(paths: Sequence[str] = ()) -> Tuple[Optional[str], Optional[bo
     return head, (bool(status) if status is not None else None)
 
 
+def checkout_commit(paths: Sequence[str] = ()) -> Optional[str]:
+    """``HEAD`` or ``HEAD-dirty`` of the checkout (see checkout_head); None when this is no checkout."""
+    head, dirty = checkout_head(paths)
+    return head + ("-dirty" if dirty else "") if head else None
+
+
 def commit(given: Optional[str] = None, paths: Sequence[str] = (), required: bool = False) -> str:
     """The commit to name in a result (see the module docstring for the order)."""
     if given:
@@ -55,9 +61,9 @@ def commit(given: Optional[str] = None, paths: Sequence[str] = (), required: boo
     for name in COMMIT_ENV:
         if os.environ.get(name):
             return os.environ[name]
-    head, dirty = checkout_head(paths)
+    head = checkout_commit(paths)
     if head:
-        return head + ("-dirty" if dirty else "")
+        return head
     if required:
         raise SystemExit("cannot tell the commit (no git checkout here): pass --commit SHA or set BENCH_COMMIT")
     return "unknown"

@@ -49,6 +49,7 @@ def test_commit_order_and_dirtiness(repo, monkeypatch):
     assert stamp.commit() == head
     (repo / "b.txt").write_text("changed\n")
     assert stamp.checkout_head() == (head, True) and stamp.commit() == head + "-dirty"
+    assert stamp.checkout_commit() == head + "-dirty" and stamp.checkout_commit(("a.txt",)) == head
     # Dirtiness limited to the files a result depends on.
     assert stamp.commit(paths=("a.txt",)) == head and stamp.commit(paths=("b.txt",)) == head + "-dirty"
     (repo / "new.txt").write_text("untracked files do not count\n")
@@ -65,7 +66,7 @@ def test_commit_outside_a_checkout(repo, monkeypatch):
     sub = repo / "sub"
     sub.mkdir()
     monkeypatch.setattr(stamp, "REPO", str(sub))  # inside a checkout, but not its top: not ours
-    assert stamp.checkout_head() == (None, None)
+    assert stamp.checkout_head() == (None, None) and stamp.checkout_commit() is None
     assert stamp.commit() == "unknown"
     with pytest.raises(SystemExit, match="pass --commit SHA or set BENCH_COMMIT"):
         stamp.commit(required=True)
