@@ -1,0 +1,107 @@
+"""Gemma-4 decoder-layer fusions: when a layer may take the fused kernels instead of 0.5.23's ops.
+
+One switch, ``SGLANG_GEMMA4_FUSED_PLE_TAIL`` (registered in sglang.srt.environ, default on; 0 runs
+0.5.23's nine ops), decides for the per-layer-embedding tail of E2B / E4B layers
+(sglang.kernels.ops.layernorm.gemma4_ple_tail).  A layer takes the fused tail when
+
+* its modules are the plain ones the kernel implements: the post-feed-forward RMSNorm with a weight,
+  no variance override, no HF cast, no fused input quantisation; unquantised gate and projection
+  weights without bias in the activation dtype; a one-element layer scalar (decided once per layer,
+  on its first call, after the weights are loaded), and
+* the call's tensors allow it: CUDA, bf16 / fp16, [tokens, hidden] with a contiguous last dimension,
+  and a per-layer input of [tokens, P]; batch-invariant mode off.
+
+Otherwise ``ple_tail`` returns None and the layer runs 0.5.23's ops, so quantised checkpoints, CPU
+and other devices keep the upstream path.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+_PLAN_ATTR = "_gemma4_ple_tail_fusable"
+
+
+def fused_ple_tail_enabled() -> bool:
+    from sglang.srt.environ import envs
+
+    return bool(envs.SGLANG_GEMMA4_FUSED_PLE_TAIL.get())
+
+
+def _unquantized(linear) -> bool:
+    method = getattr(linear, "quant_method", None)
+    return method is None or type(method).__name__ == "UnquantizedLinearMethod"
+
+
+def layer_fusable(layer) -> bool:
+    """The module-level conditions above, for one Gemma4DecoderLayer (weights loaded)."""
+    gate, proj = layer.per_layer_input_gate, layer.per_layer_projection
+    ff, ple = layer.post_feedforward_layernorm, layer.post_per_layer_input_norm
+    if gate is None or proj is None or ple is None:
+        return False
+    if getattr(gate, "bias", None) is not None or getattr(proj, "bias", None) is not None:
+        return False
+    if not (_unquantized(gate) and _unquantized(proj)):
+        return False
+    wg, wp = gate.weight, proj.weight
+    if wg.dim() != 2 or wp.dim() != 2 or wg.shape[::-1] != wp.shape or wg.dtype != wp.dtype:
+        return False
+    if getattr(ff, "cast_x_before_out_mul", False) or getattr(ff, "variance_size_override", None) is not None:
+        return False
+    if getattr(ff, "_quant_linear", None) is not None or not getattr(ff, "has_weight", True):
+        return False
+    if not getattr(ple, "with_scale", True):
+        return False
+    return layer.layer_scalar.numel() == 1
+
+
+def _batch_invariant() -> bool:
+    try:
+        from sglang.srt.batch_invariant_ops.batch_invariant_ops import is_batch_invariant_mode_enabled
+    except ImportError:  # pragma: no cover - the module ships with 0.5.23
+        return False
+    return bool(is_batch_invariant_mode_enabled())
+
+
+def ple_tail(
+    layer,
+    hidden_states: torch.Tensor,
+    residual: torch.Tensor,
+    per_layer_input: Optional[torch.Tensor],
+) -> Optional[torch.Tensor]:
+    """The layer's output through the fused tail, or None where 0.5.23's ops must run."""
+    if per_layer_input is None or not isinstance(hidden_states, torch.Tensor):
+        return None
+    from sglang.kernels.ops.layernorm.gemma4_ple_tail import FUSED_DTYPES, gemma4_ple_tail
+
+    x = hidden_states
+    if not (x.is_cuda and x.dim() == 2 and x.dtype in FUSED_DTYPES and x.stride(-1) == 1):
+        return None
+    if not isinstance(residual, torch.Tensor) or residual.shape != x.shape or residual.dtype != x.dtype:
+        return None
+    plan = layer.__dict__.get(_PLAN_ATTR)
+    if plan is None:
+        plan = fused_ple_tail_enabled() and layer_fusable(layer)
+        layer.__dict__[_PLAN_ATTR] = plan
+    if not plan or layer.per_layer_input_gate.weight.dtype != x.dtype or _batch_invariant():
+        return None
+    if per_layer_input.shape != (x.shape[0], layer.per_layer_input_gate.weight.shape[0]):
+        return None
+    if per_layer_input.dtype != x.dtype or per_layer_input.stride(-1) != 1 or residual.stride(-1) != 1:
+        return None
+    ff, ple = layer.post_feedforward_layernorm, layer.post_per_layer_input_norm
+    return gemma4_ple_tail(
+        x,
+        residual,
+        ff.weight.data,
+        ff.variance_epsilon,
+        layer.per_layer_input_gate.weight.data,
+        per_layer_input,
+        layer.per_layer_projection.weight.data,
+        ple.weight.data,
+        ple.eps,
+        layer.layer_scalar,
+        ple_norm_shift=ple.scale_shift,
+    )

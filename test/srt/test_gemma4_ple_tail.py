@@ -1,0 +1,259 @@
+"""The fused per-layer-embedding tail of Gemma-4 E2B / E4B layers (gemma4_ple_tail, gemma4_decode_fusion).
+
+The kernels must give what 0.5.23's nine ops give (``reference_ple_tail``, the same ops in torch, one
+rounding to the activation dtype after each): the only freedom is the order of the two GEMMs' fp32
+accumulations.  Under the interpreter the results are the reference's bit for bit (checked so);
+compiled, within two roundings of it.  The CPU tests run the installed kernels under Triton's interpreter on small shapes
+(partial row and column blocks, strided per-layer inputs, several row blocks sharing the ticket
+counters, repeated launches); the GPU-marked twins run them compiled at E2B's and E4B's widths and
+decode / prefill row counts, and compare with the upstream modules (sgl_kernel RMSNorm, cuBLAS
+GEMMs) through the model glue with the switch on and off.
+"""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from sglang.kernels.ops.layernorm import gemma4_ple_tail as k
+from sglang.srt.models import gemma4_decode_fusion as glue
+
+
+def _dev() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _inputs(T, H, P, dtype=torch.bfloat16, device=None, seed=0, pli_layers=3, scalar=0.75):
+    device = device or _dev()
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(dtype).to(device)
+
+    # per-layer input as the model passes it: a [T, P] view of a [T, layers, P] tensor
+    pli_all = rnd(T, pli_layers, P)
+    return dict(
+        x=rnd(T, H, scale=3.0),
+        residual=rnd(T, H, scale=2.0),
+        ff_norm_weight=(1.0 + 0.3 * torch.randn(H, generator=g)).to(dtype).to(device),
+        ff_eps=1e-6,
+        gate_weight=rnd(P, H, scale=H ** -0.5),
+        per_layer_input=pli_all[:, 1, :],
+        proj_weight=rnd(H, P, scale=P ** -0.5),
+        ple_norm_weight=(1.0 + 0.3 * torch.randn(H, generator=g)).to(dtype).to(device),
+        ple_eps=1e-6,
+        layer_scalar=torch.tensor([scalar], dtype=dtype, device=device),
+    )
+
+
+def _tol(dtype):
+    # two bf16 / fp16 roundings of accumulation-order differences, relative to the output scale
+    return (3e-2, 3e-2) if dtype == torch.bfloat16 else (4e-3, 4e-3)
+
+
+def _check_close(got, want, dtype):
+    if got.device.type == "cpu":
+        # the interpreter runs the kernels with the GPU's roundings; its dots sum the same exact products
+        # as the reference's (fp32 or better), so here the result is the reference's, bit for bit
+        assert torch.equal(got, want), f"{(got != want).float().mean().item():.2%} of the elements differ"
+        return
+    rtol, atol = _tol(dtype)
+    scale = want.float().abs().mean().item()
+    torch.testing.assert_close(got.float(), want.float(), rtol=rtol, atol=atol * scale)
+
+
+def _run(inp, **kw):
+    return k.gemma4_ple_tail(**inp, **kw)
+
+
+def _ref(inp, **kw):
+    return k.reference_ple_tail(**inp, **kw)
+
+
+# ----------------------------------------------------------------------------------------------
+# CPU (Triton interpreter) and GPU alike
+
+
+@pytest.mark.parametrize(
+    "T,H,P,shape",
+    [
+        (1, 64, 32, None),
+        (5, 96, 48, None),  # partial column blocks in both kernels (H % 64, P % 16)
+        (37, 64, 32, dict(block_m=16, gate_n=16, proj_n=32)),  # 3 row blocks, 2 column blocks
+        (40, 80, 16, dict(block_m=32, gate_n=16, proj_n=16)),  # 5 projection blocks (N_BLOCKS not 2^k)
+    ],
+)
+def test_matches_upstream_op_sequence(T, H, P, shape):
+    inp = _inputs(T, H, P)
+    _check_close(_run(inp, shape=shape), _ref(inp), torch.bfloat16)
+
+
+def test_fp16_and_norm_shift():
+    inp = _inputs(9, 64, 32, dtype=torch.float16, seed=3)
+    _check_close(_run(inp, ple_norm_shift=1.0), _ref(inp, ple_norm_shift=1.0), torch.float16)
+    # the shift matters: without it the result is another one
+    assert not torch.allclose(_run(inp, ple_norm_shift=1.0).float(), _ref(inp).float(), rtol=0.05, atol=0.05)
+
+
+def test_each_term_counts():
+    """Each input moves the output: a kernel that dropped a term would pass a loose comparison only
+    if the term did not matter, so change one at a time and require the output to follow the
+    reference."""
+    base = _inputs(6, 64, 32, seed=5)
+    changes = {
+        "layer_scalar": lambda t: t * 2,
+        "ff_norm_weight": lambda t: t.flip(0),
+        "ple_norm_weight": lambda t: t.flip(0),
+        "per_layer_input": lambda t: -t,
+        "gate_weight": lambda t: t.flip(0),
+        "proj_weight": lambda t: t.flip(1),
+        "residual": lambda t: t * 0.5,
+    }
+    out0 = _run(base)
+    for name, change in changes.items():
+        inp = dict(base, **{name: change(base[name])})
+        got = _run(inp)
+        _check_close(got, _ref(inp), torch.bfloat16)
+        assert (got.float() - out0.float()).abs().max() > 0.1, f"changing {name} did not change the output"
+
+
+def test_repeated_launches_reset_the_tickets():
+    inp = _inputs(37, 64, 32, seed=7)
+    shape = dict(block_m=16, gate_n=16, proj_n=16)
+    first = k.gemma4_ple_tail(**inp, shape=shape)
+    for _ in range(3):
+        again = k.gemma4_ple_tail(**inp, shape=shape)
+        assert torch.equal(first, again)
+    tickets = [t for (dev, _), t in k._TICKETS.items() if dev == str(first.device)]
+    assert tickets and all(int(t.count_nonzero()) == 0 for t in tickets), "a launch left a ticket counter set"
+
+
+def test_empty_batch():
+    out = _run(_inputs(0, 64, 32))
+    assert tuple(out.shape) == (0, 64)
+
+
+@pytest.mark.parametrize(
+    "name,value,message",
+    [
+        ("residual", lambda i: i["residual"][:, :-1], "residual has shape"),
+        ("per_layer_input", lambda i: i["per_layer_input"].float(), "per_layer_input is torch.float32"),
+        ("proj_weight", lambda i: i["proj_weight"].t(), "proj_weight has shape"),
+        ("layer_scalar", lambda i: torch.ones(2, dtype=torch.bfloat16, device=i["x"].device), "layer_scalar"),
+        ("x", lambda i: i["x"].float(), "dtype torch.float32 is not fused"),
+        ("x", lambda i: i["x"][None], r"x must be \[tokens, hidden\]"),
+    ],
+)
+def test_bad_input_is_named(name, value, message):
+    inp = _inputs(4, 64, 32)
+    inp[name] = value(inp)
+    with pytest.raises(ValueError, match=message):
+        _run(inp)
+
+
+# ----------------------------------------------------------------------------------------------
+# The model glue: when a layer takes the fused tail
+
+
+def _layer(H=64, P=32, dtype=torch.bfloat16, device="cpu"):
+    inp = _inputs(3, H, P, dtype=dtype, device=device)
+    lin = lambda w: types.SimpleNamespace(weight=w, bias=None, quant_method=None)  # noqa: E731
+    return types.SimpleNamespace(
+        per_layer_input_gate=lin(inp["gate_weight"]),
+        per_layer_projection=lin(inp["proj_weight"]),
+        post_feedforward_layernorm=types.SimpleNamespace(
+            weight=inp["ff_norm_weight"], variance_epsilon=1e-6, cast_x_before_out_mul=False,
+            variance_size_override=None, has_weight=True),
+        post_per_layer_input_norm=types.SimpleNamespace(
+            weight=inp["ple_norm_weight"], eps=1e-6, scale_shift=0.0, with_scale=True),
+        layer_scalar=inp["layer_scalar"],
+    ), inp
+
+
+def test_layer_fusable_conditions():
+    layer, _ = _layer()
+    assert glue.layer_fusable(layer)
+    for mutate in (
+        lambda l: setattr(l.per_layer_input_gate, "bias", torch.zeros(1)),
+        lambda l: setattr(l.per_layer_projection, "quant_method", type("Fp8LinearMethod", (), {})()),
+        lambda l: setattr(l.post_feedforward_layernorm, "cast_x_before_out_mul", True),
+        lambda l: setattr(l.post_feedforward_layernorm, "variance_size_override", 32),
+        lambda l: setattr(l.post_per_layer_input_norm, "with_scale", False),
+        lambda l: setattr(l, "layer_scalar", torch.ones(2)),
+        lambda l: setattr(l.per_layer_projection, "weight", l.per_layer_projection.weight.t().contiguous()),
+    ):
+        bad, _ = _layer()
+        mutate(bad)
+        assert not glue.layer_fusable(bad)
+
+
+def test_switch_off_and_cpu_tensors_keep_upstream_path(monkeypatch):
+    layer, inp = _layer()
+    # CPU tensors: never fused (the kernels serve CUDA only), whatever the switch says
+    assert glue.ple_tail(layer, inp["x"].cpu(), inp["residual"].cpu(), inp["per_layer_input"].cpu()) is None
+    monkeypatch.setenv("SGLANG_GEMMA4_FUSED_PLE_TAIL", "0")
+    assert glue.fused_ple_tail_enabled() is False
+    monkeypatch.setenv("SGLANG_GEMMA4_FUSED_PLE_TAIL", "1")
+    assert glue.fused_ple_tail_enabled() is True
+    monkeypatch.delenv("SGLANG_GEMMA4_FUSED_PLE_TAIL")
+    assert glue.fused_ple_tail_enabled() is True  # default on
+
+
+# ----------------------------------------------------------------------------------------------
+# GPU twins: compiled, real widths, against the upstream modules
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("T", [1, 7, 16, 80, 129, 1000, 8192])
+@pytest.mark.parametrize("H,P", [(1536, 256), (2560, 256)])  # E2B, E4B
+def test_gpu_matches_reference(T, H, P):
+    inp = _inputs(T, H, P, device="cuda", seed=T)
+    _check_close(_run(inp), _ref(inp), torch.bfloat16)
+
+
+@pytest.mark.gpu
+def test_gpu_against_upstream_modules(monkeypatch):
+    """The glue with the switch on against 0.5.23's own modules (sgl_kernel RMSNorm, cuBLAS GEMMs,
+    Gemma4RMSNorm) on the same weights."""
+    from sglang.srt.layers.layernorm import Gemma4RMSNorm, RMSNorm
+
+    H, P, T = 1536, 256, 80
+    inp = _inputs(T, H, P, device="cuda", seed=11)
+    ff = RMSNorm(H, eps=1e-6).to("cuda", torch.bfloat16)
+    ff.weight.data.copy_(inp["ff_norm_weight"])
+    ple = Gemma4RMSNorm(H, eps=1e-6).to("cuda", torch.bfloat16)
+    ple.weight.data.copy_(inp["ple_norm_weight"])
+    lin = lambda w: types.SimpleNamespace(weight=w, bias=None, quant_method=None)  # noqa: E731
+    layer = types.SimpleNamespace(
+        per_layer_input_gate=lin(inp["gate_weight"]), per_layer_projection=lin(inp["proj_weight"]),
+        post_feedforward_layernorm=ff, post_per_layer_input_norm=ple, layer_scalar=inp["layer_scalar"])
+    h = ff(inp["x"]) + inp["residual"]
+    gate = torch.nn.functional.gelu(h @ inp["gate_weight"].t(), approximate="tanh")
+    c = ple((gate * inp["per_layer_input"]) @ inp["proj_weight"].t())
+    upstream = (h + c) * inp["layer_scalar"]
+    fused = glue.ple_tail(layer, inp["x"], inp["residual"], inp["per_layer_input"])
+    assert fused is not None
+    _check_close(fused, upstream, torch.bfloat16)
+    # agreement in bf16 ulps: most elements identical, the rest one or two roundings apart
+    same = (fused == upstream).float().mean().item()
+    assert same > 0.5, f"only {same:.2%} of the elements equal the upstream ops'"
+
+
+@pytest.mark.gpu
+def test_gpu_cuda_graph_replay():
+    inp = _inputs(16, 1536, 256, device="cuda", seed=2)
+    want = k.gemma4_ple_tail(**inp)  # eager first: allocates the tickets of this stream
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        k.gemma4_ple_tail(**inp)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=s):
+            got = k.gemma4_ple_tail(**inp)
+    torch.cuda.current_stream().wait_stream(s)
+    for _ in range(5):
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(got, want)
