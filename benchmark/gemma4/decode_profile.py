@@ -1021,16 +1021,71 @@ def profile_markdown(res: Dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------------------
 DEFAULT_SERVER_ARGS = (
     "--load-format dummy --attention-backend triton --sampling-backend pytorch --mm-attention-backend triton_attn "
-    "--disable-prefill-cuda-graph --swa-full-tokens-ratio 1.0 --context-length 4096 --mem-fraction-static 0.8"
+    "--disable-prefill-cuda-graph --swa-full-tokens-ratio 1.0 --context-length 4096"
 )
 # Why each: dummy weights time like real ones (no parity needed); triton is Gemma-4's Hopper default, named so
 # both engines surely run it; flashinfer is not installed on the GPU machine; the vision tower's default fa3 ops
 # are missing there too; the prefill graph only costs start-up time; one_batch never evicts SWA tokens outside
 # the window (no tree cache), so the SWA pool must hold every token (ratio 1.0); a short declared context keeps
-# the request table small; 0.8 leaves room for the one-shot prefill of 80 x ~1500 tokens.  None of these
-# changes a decode-step kernel.
+# the request table small (raised by size_run for a longer --context).  --mem-fraction-static is chosen by
+# size_run from the card, the weights, the KV the batch needs and the one-shot prefill's activations (a fixed
+# 0.8 ran out of memory on an H100 in E2B's 80 x 1500-token prefill).  None of these changes a decode-step kernel.
 WARMUP_STEPS = 3
 TIMED_STEPS = 10
+GIB = 1 << 30
+MAX_MEM_FRACTION = 0.88
+
+
+def _weight_bytes(geom: ModelGeom) -> float:
+    """bf16 bytes of the text model's weights (every expert, the PLE table included)."""
+    c = parameter_counts(geom)
+    n = sum(v for k, v in c.items())
+    if geom.ple_dim:
+        n += geom.vocab * geom.num_layers * geom.ple_dim
+    return n * BF16
+
+
+def _kv_bytes_per_token(geom: ModelGeom) -> float:
+    """K and V of every layer (stock sglang 0.5.23 allocates KV-shared layers too; SWA ratio 1.0)."""
+    return float(sum(2 * layer.n_kv * layer.head_dim * BF16 for layer in geom.layers))
+
+
+def _prefill_bytes_per_token(geom: ModelGeom) -> float:
+    """Transient activations of the one-shot prefill per token, with a 1.5x margin: the MLP / MoE
+    intermediates (gate-up output and its activation), the per-layer inputs, a few hidden-size buffers."""
+    inter = max(max(layer.mlp_intermediate for layer in geom.layers), geom.moe_top_k * 2 * geom.moe_intermediate)
+    return 1.5 * BF16 * (4 * inter + 2 * geom.num_layers * geom.ple_dim + 8 * geom.hidden)
+
+
+def size_run(geom: ModelGeom, sizes: Sequence[int], context: int, steps: int, card_bytes: float,
+             mem_fraction: Optional[float] = None) -> Dict[str, Any]:
+    """What one `run` can do on a card of card_bytes: the batch sizes that fit (largest dropped first, each
+    with its reason), the --mem-fraction-static to load with (``mem_fraction``: the user's, kept) and the
+    --context-length that holds a request.  one_batch prefills every request of a batch in one extend and
+    its pools never evict, so a batch of b needs b whole requests of KV plus the prefill's activations
+    outside the static part.  Raises SystemExit when not even the smallest batch fits, saying what to change."""
+    per_req = context + steps + 8
+    weights, kv_tok, act_tok = _weight_bytes(geom), _kv_bytes_per_token(geom), _prefill_bytes_per_token(geom)
+    kept = sorted(set(sizes))
+    skipped: Dict[int, str] = {}
+    while kept:
+        b = kept[-1]
+        headroom = max(6 * GIB, b * context * act_tok)
+        frac = mem_fraction if mem_fraction is not None else min(MAX_MEM_FRACTION, 1.0 - headroom / card_bytes)
+        need = weights + 1.1 * kv_tok * b * per_req + GIB
+        room = mem_fraction is None or (1.0 - mem_fraction) * card_bytes >= headroom  # else frac leaves it
+        if frac > 0 and need <= frac * card_bytes and room:
+            ctx_len = max(4096, -(-(per_req + 64) // 1024) * 1024)
+            return {"mem_fraction": round(frac, 3) if mem_fraction is None else mem_fraction, "kept": kept,
+                    "skipped": skipped, "context_length": ctx_len, "weights_gib": weights / GIB,
+                    "kv_gib": kv_tok * b * per_req / GIB, "prefill_headroom_gib": headroom / GIB}
+        skipped[b] = (f"{b} requests x {per_req} tokens need {weights / GIB:.1f} GiB of weights + "
+                      f"{kv_tok * b * per_req / GIB:.1f} GiB of KV in the static part and {headroom / GIB:.1f} GiB "
+                      f"for the prefill outside it; the card has {card_bytes / GIB:.1f} GiB"
+                      + (f" (mem fraction {mem_fraction} given)" if mem_fraction is not None else ""))
+        kept.pop()
+    raise SystemExit("decode_profile: no batch size fits this card: " + "; ".join(skipped.values())
+                     + ". Use a shorter --context, smaller --batch-sizes or a card with more memory.")
 
 
 def _need_cuda():
@@ -1248,9 +1303,25 @@ def cmd_run(opts, engine: Optional[Tuple[Any, Any, Any, Any]] = None) -> int:
     if missing:
         raise SystemExit(f"sglang.benchmark.one_batch lacks {missing}: this is not sglang 0.5.23's one_batch")
     argv = ["--model-path", opts.model] + shlex.split(opts.server_args)
-    argv += ["--cuda-graph-bs-decode"] + [str(b) for b in sizes]
     if opts.extra_server_args:
         argv += shlex.split(opts.extra_server_args)
+    card = _card_bytes(torch)
+    sizing = None
+    if card is not None:
+        given = _flag_value(argv, "--mem-fraction-static")
+        sizing = size_run(geom, sizes, opts.context, opts.steps, card, float(given) if given else None)
+        for b, why in sorted(sizing["skipped"].items()):
+            print(f"decode_profile: batch size {b} left out: {why}", flush=True)
+        sizes = sizing["kept"]
+        if given is None:
+            argv += ["--mem-fraction-static", str(sizing["mem_fraction"])]
+        ctx = _flag_value(argv, "--context-length")
+        if ctx is None or int(ctx) < sizing["context_length"]:
+            argv += ["--context-length", str(sizing["context_length"])]
+        print(f"decode_profile: batch sizes {sizes}, --mem-fraction-static {_flag_value(argv, '--mem-fraction-static')}"
+              f" (weights {sizing['weights_gib']:.1f} GiB, KV {sizing['kv_gib']:.1f} GiB, prefill headroom "
+              f"{sizing['prefill_headroom_gib']:.1f} GiB of {card / GIB:.1f} GiB)", flush=True)
+    argv += ["--cuda-graph-bs-decode"] + [str(b) for b in sizes]
     parser = argparse.ArgumentParser()
     ServerArgs.add_cli_args(parser)
     sargs = ServerArgs.from_cli_args(parser.parse_args(argv))
@@ -1302,7 +1373,7 @@ def cmd_run(opts, engine: Optional[Tuple[Any, Any, Any, Any]] = None) -> int:
         "date": stamp.utc_now(), "commit": _commit(),
         "load_format": _flag_value(argv, "--load-format") or "auto", "server_args": argv[2:],
         "batch_sizes": sizes, "context_target": opts.context, "warmup_steps": WARMUP_STEPS,
-        "timed_steps": TIMED_STEPS, "profiled_steps": opts.steps, "timings": timings,
+        "timed_steps": TIMED_STEPS, "profiled_steps": opts.steps, "timings": timings, "sizing": sizing,
         "bandwidth_bytes_per_s": opts.bw, "peak_bf16_flop_per_s": opts.peak,
     })
     events = {"meta": meta, "geometry_config": _config_of(opts.model),
@@ -1319,12 +1390,22 @@ def cmd_run(opts, engine: Optional[Tuple[Any, Any, Any, Any]] = None) -> int:
 
 
 def _flag_value(argv: List[str], flag: str) -> Optional[str]:
+    """The last value given for flag (argparse keeps the last)."""
+    value = None
     for i, a in enumerate(argv):
         if a == flag and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith(flag + "="):
-            return a.split("=", 1)[1]
-    return None
+            value = argv[i + 1]
+        elif a.startswith(flag + "="):
+            value = a.split("=", 1)[1]
+    return value
+
+
+def _card_bytes(torch) -> Optional[float]:
+    """Total memory of CUDA device 0; None where the torch in hand has no such query (the tests' fakes)."""
+    props = getattr(getattr(torch, "cuda", None), "get_device_properties", None)
+    if props is None:
+        return None
+    return float(props(0).total_memory)
 
 
 def _slug(s: str) -> str:

@@ -830,3 +830,39 @@ def test_selfcheck_graph_replay_on_gpu():
     torch = pytest.importorskip("torch")
     r = dp.selfcheck(torch, steps=3)
     assert r["ok"], r
+
+
+# ----------------------------------------------------------------------------------------------------------
+# size_run: the batch sizes, memory fraction and context length one run can use on a card (first contact)
+H100_BYTES = 79.2 * dp.GIB
+H200_BYTES = 139.8 * dp.GIB
+
+
+def test_size_run_e2b_h100_leaves_prefill_room():
+    # a fixed 0.8 ran out of memory on an H100 in the 80 x 1500-token prefill (issue 20); 0.6 ran
+    r = dp.size_run(_geom("e2b"), [1, 16, 80], 1500, 6, H100_BYTES)
+    assert r["kept"] == [1, 16, 80] and not r["skipped"]
+    assert 0.5 <= r["mem_fraction"] <= 0.7
+    assert (1 - r["mem_fraction"]) * H100_BYTES >= r["prefill_headroom_gib"] * dp.GIB * 0.999
+    assert r["context_length"] == 4096
+    # a 16k context: 80 requests no longer fit, the context length follows the request
+    r16 = dp.size_run(_geom("e2b"), [1, 16, 80], 16000, 6, H100_BYTES)
+    assert r16["kept"] == [1, 16] and 80 in r16["skipped"] and r16["context_length"] >= 16000 + 6
+
+
+def test_size_run_26b_drops_what_the_pool_cannot_hold():
+    # 80 x 1500 tokens do not fit an 80 GB card beside 26B-A4B's weights (one_batch then reached an
+    # eviction stub: AttributeError evict_for_alloc); on an H200 they do
+    r = dp.size_run(_geom("26b-a4b"), [1, 16, 80], 1500, 6, H100_BYTES)
+    assert r["kept"] == [1, 16] and "GiB of KV" in r["skipped"][80]
+    assert dp.size_run(_geom("26b-a4b"), [1, 16, 80], 1500, 6, H200_BYTES)["kept"] == [1, 16, 80]
+
+
+def test_size_run_keeps_a_given_fraction_and_stops_with_advice():
+    r = dp.size_run(_geom("e2b"), [1, 16, 80], 1500, 6, H100_BYTES, mem_fraction=0.55)
+    assert r["mem_fraction"] == 0.55 and r["kept"] == [1, 16, 80]
+    # a given fraction that leaves no prefill room for 80 requests drops them
+    r2 = dp.size_run(_geom("e2b"), [1, 16, 80], 1500, 6, H100_BYTES, mem_fraction=0.85)
+    assert r2["kept"] == [1, 16] and "mem fraction 0.85 given" in r2["skipped"][80]
+    with pytest.raises(SystemExit, match="shorter --context"):
+        dp.size_run(_geom("31b"), [1], 16000, 6, 40 * dp.GIB)
