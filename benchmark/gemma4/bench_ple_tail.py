@@ -1,25 +1,24 @@
-"""The per-layer-embedding tail of a Gemma-4 E2B / E4B layer: 0.5.23's nine ops against the fused two kernels.
+"""The per-layer-embedding tail of a Gemma-4 E2B / E4B layer: 0.5.23's nine ops against the fused tail.
 
-Per layer, inside one CUDA graph of 35 launches (one per E2B layer, same inputs), per row count T:
+Per layer, inside one CUDA graph of 35 launches (one per E2B layer, each with its own weights, so the
+weights come from HBM as in a decode step rather than from L2), per row count T:
 * upstream: the ops of gemma4_causal.py's unfused tail, with sglang's own modules where 0.5.23 has them
   (RMSNorm and Gemma4RMSNorm on their CUDA kernels), torch.nn.functional.linear for the two
   ReplicatedLinear GEMMs (what their unquantised method calls), torch gelu(tanh), adds and products;
-* fused: sglang.kernels.ops.layernorm.gemma4_ple_tail.gemma4_ple_tail with its default launch shape.
-Both outputs are compared (max difference, share of equal elements).  ``--sweep`` times other launch
-shapes of the fused kernels at a few T, to check the default.  The floor is the bytes each layer must
-move (weights of both GEMMs, the two norm weights, x, residual, per-layer input read once, the output
-written once) at the card's copy rate, given by --bw.
+* fused: sglang.kernels.ops.layernorm.gemma4_ple_tail.gemma4_ple_tail (three elementwise kernels
+  around the same two GEMMs).
+Both outputs are compared (max difference, share of equal elements).  The floor is the bytes each
+layer must move (weights of both GEMMs, the two norm weights, x, residual, per-layer input read once,
+the output written once) at the card's copy rate, given by --bw.
 
-    /tmp/py-patched benchmark/gemma4/bench_ple_tail.py --out benchmark/gemma4/results [--sweep]
+    /tmp/py-patched benchmark/gemma4/bench_ple_tail.py --out benchmark/gemma4/results
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
-import statistics
 import sys
 from typing import Any, Dict, List
 
@@ -30,6 +29,7 @@ from graph_timing import graph_time_us  # noqa: E402
 MODELS = {"e2b": (1536, 256), "e4b": (2560, 256)}  # hidden, hidden_size_per_layer_input
 ROWS = (1, 16, 80, 256, 1024, 8192)
 LAYERS = 35
+WEIGHTS = ("ff_norm_weight", "gate_weight", "proj_weight", "ple_norm_weight", "layer_scalar")
 H100_COPY_BYTES_PER_S = 3.0e12
 
 
@@ -50,16 +50,20 @@ def _inputs(torch, T: int, H: int, P: int, seed: int = 0) -> Dict[str, Any]:
     )
 
 
-def _upstream(torch, inp: Dict[str, Any], H: int):
+def _upstream(torch, layers: List[Dict[str, Any]], H: int):
     from sglang.srt.layers.layernorm import Gemma4RMSNorm, RMSNorm
 
-    ff = RMSNorm(H, eps=inp["ff_eps"]).to("cuda", torch.bfloat16)
-    ff.weight.data.copy_(inp["ff_norm_weight"])
-    ple = Gemma4RMSNorm(H, eps=inp["ple_eps"]).to("cuda", torch.bfloat16)
-    ple.weight.data.copy_(inp["ple_norm_weight"])
+    mods = []
+    for inp in layers:
+        ff = RMSNorm(H, eps=inp["ff_eps"]).to("cuda", torch.bfloat16)
+        ff.weight.data.copy_(inp["ff_norm_weight"])
+        ple = Gemma4RMSNorm(H, eps=inp["ple_eps"]).to("cuda", torch.bfloat16)
+        ple.weight.data.copy_(inp["ple_norm_weight"])
+        mods.append((ff, ple))
     F = torch.nn.functional
 
-    def run():
+    def run(i: int):
+        inp, (ff, ple) = layers[i], mods[i]
         h = ff(inp["x"])
         h = h + inp["residual"]
         gate = F.linear(h, inp["gate_weight"])
@@ -80,7 +84,8 @@ def _floor_us(T: int, H: int, P: int, bw: float) -> float:
 
 
 def _time(torch, fn, trials: int) -> float:
-    return graph_time_us(torch, lambda i: fn(), LAYERS, warmup=2, trials=trials, replays_per_trial=10)
+    """fn(i): the launch of layer i; per-launch microseconds."""
+    return graph_time_us(torch, fn, LAYERS, warmup=2, trials=trials, replays_per_trial=10)
 
 
 def main(argv=None) -> int:
@@ -89,7 +94,6 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", nargs="+", type=int, default=list(ROWS))
     ap.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS))
     ap.add_argument("--trials", type=int, default=7)
-    ap.add_argument("--sweep", action="store_true", help="also time other launch shapes at T in 1, 16, 80 (E2B)")
     ap.add_argument("--bw", type=float, default=H100_COPY_BYTES_PER_S, help="copy rate for the floor, bytes/s")
     ap.add_argument("--commit", default=None)
     args = ap.parse_args(argv)
@@ -104,36 +108,27 @@ def main(argv=None) -> int:
     for model in args.models:
         H, P = MODELS[model]
         for T in args.rows:
-            inp = _inputs(torch, T, H, P, seed=T)
-            up = _upstream(torch, inp, H)
-            want, got = up(), k.gemma4_ple_tail(**inp)
+            shared = _inputs(torch, T, H, P, seed=T)
+            layers = [dict(shared, **{key: _inputs(torch, 1, H, P, seed=1000 + i)[key] for key in WEIGHTS})
+                      for i in range(LAYERS)]
+            up = _upstream(torch, layers, H)
+            want, got = up(0), k.gemma4_ple_tail(**layers[0])
             torch.cuda.synchronize()
             diff = (got.float() - want.float()).abs()
             up_us = _time(torch, up, args.trials)
-            fu_us = _time(torch, lambda: k.gemma4_ple_tail(**inp), args.trials)
+            fu_us = _time(torch, lambda i: k.gemma4_ple_tail(**layers[i]), args.trials)
             floor = _floor_us(T, H, P, args.bw)
             rows.append(dict(model=model, hidden=H, ple_dim=P, rows=T, upstream_us=up_us, fused_us=fu_us,
                              speedup=up_us / fu_us, floor_us=floor, fused_vs_floor=fu_us / floor,
                              max_abs_diff=diff.max().item(), mean_abs_out=want.float().abs().mean().item(),
-                             equal_share=(got == want).float().mean().item(), shape=k.launch_shape(T)))
+                             equal_share=(got == want).float().mean().item()))
             print(json.dumps(rows[-1]), flush=True)
-
-    sweep: List[Dict[str, Any]] = []
-    if args.sweep:
-        H, P = MODELS["e2b"]
-        for T in (1, 16, 80):
-            inp = _inputs(torch, T, H, P, seed=T)
-            for bm, gn, pn, nw in itertools.product((16, 32), (16, 32, 64), (32, 64, 128), (2, 4)):
-                shape = dict(block_m=bm, gate_n=gn, proj_n=pn, num_warps=nw)
-                us = _time(torch, lambda: k.gemma4_ple_tail(**inp, shape=shape), 3)
-                sweep.append(dict(rows=T, us=us, **shape))
-            best = min((r for r in sweep if r["rows"] == T), key=lambda r: r["us"])
-            print(f"sweep T={T}: best {best}, default {k.launch_shape(T)}", flush=True)
+            del layers, up
 
     res = {
-        "what": "Gemma-4 PLE tail per layer: 0.5.23's nine ops vs the two fused kernels, CUDA graph of 35 launches",
+        "what": "Gemma-4 PLE tail per layer: 0.5.23's nine ops vs the fused tail, CUDA graph of 35 layers' launches",
         "device": stamp.device_name(torch), "date": stamp.utc_now(), "commit": stamp.commit(args.commit),
-        "torch": torch.__version__, "bw_bytes_per_s": args.bw, "rows": rows, "sweep": sweep,
+        "torch": torch.__version__, "bw_bytes_per_s": args.bw, "rows": rows,
     }
     os.makedirs(args.out, exist_ok=True)
     gpu = stamp.device_name(torch).lower()
@@ -148,16 +143,6 @@ def main(argv=None) -> int:
         lines.append(f"| {r['model']} | {r['rows']} | {r['upstream_us']:.2f} | {r['fused_us']:.2f} | "
                      f"{r['speedup']:.2f}x | {r['floor_us']:.2f} | {r['fused_vs_floor']:.1f}x | "
                      f"{r['max_abs_diff']:.3g} (mean |out| {r['mean_abs_out']:.3g}) | {r['equal_share']:.1%} |")
-    if sweep:
-        lines += ["", "Launch-shape sweep (E2B):", "", "| rows | best us | best shape | default us |", "|---|---|---|---|"]
-        for T in sorted({r["rows"] for r in sweep}):
-            cand = [r for r in sweep if r["rows"] == T]
-            best = min(cand, key=lambda r: r["us"])
-            d = k.launch_shape(T)
-            dflt = [r["us"] for r in cand if all(r[key] == d[key] for key in d)]
-            lines.append(f"| {T} | {best['us']:.2f} | bm {best['block_m']} gate_n {best['gate_n']} proj_n "
-                         f"{best['proj_n']} warps {best['num_warps']} | "
-                         f"{statistics.median(dflt) if dflt else float('nan'):.2f} |")
     with open(os.path.join(args.out, stem + ".md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -1,13 +1,13 @@
 """The fused per-layer-embedding tail of Gemma-4 E2B / E4B layers (gemma4_ple_tail, gemma4_decode_fusion).
 
-The kernels must give what 0.5.23's nine ops give (``reference_ple_tail``, the same ops in torch, one
-rounding to the activation dtype after each): the only freedom is the order of the two GEMMs' fp32
-accumulations.  Under the interpreter the results are the reference's bit for bit (checked so);
-compiled, within two roundings of it.  The CPU tests run the installed kernels under Triton's interpreter on small shapes
-(partial row and column blocks, strided per-layer inputs, several row blocks sharing the ticket
-counters, repeated launches); the GPU-marked twins run them compiled at E2B's and E4B's widths and
-decode / prefill row counts, and compare with the upstream modules (sgl_kernel RMSNorm, cuBLAS
-GEMMs) through the model glue with the switch on and off.
+The three elementwise kernels around the two linears must give what 0.5.23's nine ops give
+(``reference_ple_tail``, the same ops in torch, one rounding to the activation dtype after each).  The
+CPU tests run the installed kernels under Triton's interpreter (which then rounds like the GPU) and
+require the reference's result bit for bit, on partial blocks, strided per-layer inputs and both
+16-bit dtypes, plus named errors and the glue's conditions; the GPU-marked twins run them compiled at
+E2B's and E4B's widths and decode / prefill row counts, against sglang's own norm modules and
+cuBLAS, where only the fp32 order of the norms' sums of squares may differ (a rounding step of a few
+elements), and inside a CUDA graph.
 """
 
 from __future__ import annotations
@@ -76,18 +76,33 @@ def _ref(inp, **kw):
 # CPU (Triton interpreter) and GPU alike
 
 
-@pytest.mark.parametrize(
-    "T,H,P,shape",
-    [
-        (1, 64, 32, None),
-        (5, 96, 48, None),  # partial column blocks in both kernels (H % 64, P % 16)
-        (37, 64, 32, dict(block_m=16, gate_n=16, proj_n=32)),  # 3 row blocks, 2 column blocks
-        (40, 80, 16, dict(block_m=32, gate_n=16, proj_n=16)),  # 5 projection blocks (N_BLOCKS not 2^k)
-    ],
-)
-def test_matches_upstream_op_sequence(T, H, P, shape):
+@pytest.mark.parametrize("T,H,P", [(1, 64, 32), (5, 96, 48), (37, 80, 24), (3, 1536, 256)])
+def test_matches_upstream_op_sequence(T, H, P):
+    # widths that are not powers of two leave masked lanes in every kernel
     inp = _inputs(T, H, P)
-    _check_close(_run(inp, shape=shape), _ref(inp), torch.bfloat16)
+    _check_close(_run(inp), _ref(inp), torch.bfloat16)
+
+
+def test_linears_are_the_callers():
+    """gate / proj callables replace the weights: the layer's own modules do the GEMMs."""
+    inp = _inputs(4, 64, 32, seed=9)
+    calls = []
+
+    def gate(t):
+        calls.append("gate")
+        return torch.nn.functional.linear(t, inp["gate_weight"])
+
+    def proj(t):
+        calls.append("proj")
+        return torch.nn.functional.linear(t, inp["proj_weight"])
+
+    got = k.gemma4_ple_tail(**dict(inp, gate_weight=None, proj_weight=None), gate=gate, proj=proj)
+    assert calls == ["gate", "proj"]
+    _check_close(got, _ref(inp), torch.bfloat16)
+    with pytest.raises(ValueError, match="give gate and proj"):
+        k.gemma4_ple_tail(**dict(inp, gate_weight=None))
+    with pytest.raises(ValueError, match="gate output has width 7, the per_layer_input 32"):
+        k.gemma4_ple_tail(**inp, gate=lambda t: t[:, :7], proj=proj)
 
 
 def test_fp16_and_norm_shift():
@@ -119,17 +134,6 @@ def test_each_term_counts():
         assert (got.float() - out0.float()).abs().max() > 0.1, f"changing {name} did not change the output"
 
 
-def test_repeated_launches_reset_the_tickets():
-    inp = _inputs(37, 64, 32, seed=7)
-    shape = dict(block_m=16, gate_n=16, proj_n=16)
-    first = k.gemma4_ple_tail(**inp, shape=shape)
-    for _ in range(3):
-        again = k.gemma4_ple_tail(**inp, shape=shape)
-        assert torch.equal(first, again)
-    tickets = [t for (dev, _), t in k._TICKETS.items() if dev == str(first.device)]
-    assert tickets and all(int(t.count_nonzero()) == 0 for t in tickets), "a launch left a ticket counter set"
-
-
 def test_empty_batch():
     out = _run(_inputs(0, 64, 32))
     assert tuple(out.shape) == (0, 64)
@@ -140,7 +144,9 @@ def test_empty_batch():
     [
         ("residual", lambda i: i["residual"][:, :-1], "residual has shape"),
         ("per_layer_input", lambda i: i["per_layer_input"].float(), "per_layer_input is torch.float32"),
-        ("proj_weight", lambda i: i["proj_weight"].t(), "proj_weight has shape"),
+        ("per_layer_input", lambda i: i["per_layer_input"][:-1], r"per_layer_input has shape \(3, 32\)"),
+        ("proj_weight", lambda i: i["proj_weight"][:-1], "proj_weight has shape"),
+        ("ple_norm_weight", lambda i: i["ple_norm_weight"][:-1], "ple_norm_weight must be"),
         ("layer_scalar", lambda i: torch.ones(2, dtype=torch.bfloat16, device=i["x"].device), "layer_scalar"),
         ("x", lambda i: i["x"].float(), "dtype torch.float32 is not fused"),
         ("x", lambda i: i["x"][None], r"x must be \[tokens, hidden\]"),
@@ -157,10 +163,21 @@ def test_bad_input_is_named(name, value, message):
 # The model glue: when a layer takes the fused tail
 
 
+class _Linear:
+    """ReplicatedLinear's calling convention: (output, bias)."""
+
+    def __init__(self, w):
+        self.weight = w
+
+    def __call__(self, t):
+        return torch.nn.functional.linear(t, self.weight), None
+
+
 def _layer(H=64, P=32, dtype=torch.bfloat16, device="cpu"):
     inp = _inputs(3, H, P, dtype=dtype, device=device)
-    lin = lambda w: types.SimpleNamespace(weight=w, bias=None, quant_method=None)  # noqa: E731
+    lin = _Linear
     return types.SimpleNamespace(
+        hidden_size_per_layer_input=P,
         per_layer_input_gate=lin(inp["gate_weight"]),
         per_layer_projection=lin(inp["proj_weight"]),
         post_feedforward_layernorm=types.SimpleNamespace(
@@ -176,13 +193,14 @@ def test_layer_fusable_conditions():
     layer, _ = _layer()
     assert glue.layer_fusable(layer)
     for mutate in (
-        lambda l: setattr(l.per_layer_input_gate, "bias", torch.zeros(1)),
-        lambda l: setattr(l.per_layer_projection, "quant_method", type("Fp8LinearMethod", (), {})()),
+        lambda l: setattr(l, "per_layer_projection", None),
+        lambda l: setattr(l, "hidden_size_per_layer_input", 0),
         lambda l: setattr(l.post_feedforward_layernorm, "cast_x_before_out_mul", True),
         lambda l: setattr(l.post_feedforward_layernorm, "variance_size_override", 32),
+        lambda l: setattr(l.post_feedforward_layernorm, "_quant_linear", object()),
+        lambda l: setattr(l.post_feedforward_layernorm, "has_weight", False),
         lambda l: setattr(l.post_per_layer_input_norm, "with_scale", False),
         lambda l: setattr(l, "layer_scalar", torch.ones(2)),
-        lambda l: setattr(l.per_layer_projection, "weight", l.per_layer_projection.weight.t().contiguous()),
     ):
         bad, _ = _layer()
         mutate(bad)
@@ -225,9 +243,9 @@ def test_gpu_against_upstream_modules(monkeypatch):
     ff.weight.data.copy_(inp["ff_norm_weight"])
     ple = Gemma4RMSNorm(H, eps=1e-6).to("cuda", torch.bfloat16)
     ple.weight.data.copy_(inp["ple_norm_weight"])
-    lin = lambda w: types.SimpleNamespace(weight=w, bias=None, quant_method=None)  # noqa: E731
     layer = types.SimpleNamespace(
-        per_layer_input_gate=lin(inp["gate_weight"]), per_layer_projection=lin(inp["proj_weight"]),
+        hidden_size_per_layer_input=P,
+        per_layer_input_gate=_Linear(inp["gate_weight"]), per_layer_projection=_Linear(inp["proj_weight"]),
         post_feedforward_layernorm=ff, post_per_layer_input_norm=ple, layer_scalar=inp["layer_scalar"])
     h = ff(inp["x"]) + inp["residual"]
     gate = torch.nn.functional.gelu(h @ inp["gate_weight"].t(), approximate="tanh")
@@ -236,15 +254,16 @@ def test_gpu_against_upstream_modules(monkeypatch):
     fused = glue.ple_tail(layer, inp["x"], inp["residual"], inp["per_layer_input"])
     assert fused is not None
     _check_close(fused, upstream, torch.bfloat16)
-    # agreement in bf16 ulps: most elements identical, the rest one or two roundings apart
+    # the same GEMMs and the same roundings: all but a few elements (the norms' fp32 sums may be
+    # added in another order) equal the upstream ops'
     same = (fused == upstream).float().mean().item()
-    assert same > 0.5, f"only {same:.2%} of the elements equal the upstream ops'"
+    assert same > 0.99, f"only {same:.2%} of the elements equal the upstream ops'"
 
 
 @pytest.mark.gpu
 def test_gpu_cuda_graph_replay():
     inp = _inputs(16, 1536, 256, device="cuda", seed=2)
-    want = k.gemma4_ple_tail(**inp)  # eager first: allocates the tickets of this stream
+    want = k.gemma4_ple_tail(**inp)
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):

@@ -2,17 +2,17 @@
 
 One switch, ``SGLANG_GEMMA4_FUSED_PLE_TAIL`` (registered in sglang.srt.environ, default on; 0 runs
 0.5.23's nine ops), decides for the per-layer-embedding tail of E2B / E4B layers
-(sglang.kernels.ops.layernorm.gemma4_ple_tail).  A layer takes the fused tail when
+(sglang.kernels.ops.layernorm.gemma4_ple_tail: three elementwise kernels around the layer's own gate
+and projection linears).  A layer takes the fused tail when
 
-* its modules are the plain ones the kernel implements: the post-feed-forward RMSNorm with a weight,
-  no variance override, no HF cast, no fused input quantisation; unquantised gate and projection
-  weights without bias in the activation dtype; a one-element layer scalar (decided once per layer,
-  on its first call, after the weights are loaded), and
+* its norms are the plain ones the kernels implement: the post-feed-forward RMSNorm with a weight, no
+  variance override, no HF cast, no fused input quantisation; the per-layer-input norm with a scale;
+  a one-element layer scalar (decided once per layer, on its first call), and
 * the call's tensors allow it: CUDA, bf16 / fp16, [tokens, hidden] with a contiguous last dimension,
-  and a per-layer input of [tokens, P]; batch-invariant mode off.
+  a per-layer input of [tokens, hidden_size_per_layer_input] in the same dtype; batch-invariant mode off.
 
-Otherwise ``ple_tail`` returns None and the layer runs 0.5.23's ops, so quantised checkpoints, CPU
-and other devices keep the upstream path.
+Otherwise ``ple_tail`` returns None and the layer runs 0.5.23's ops (CPU and other devices too).
+The linears are called as the layer calls them, so every weight format they serve keeps working.
 """
 
 from __future__ import annotations
@@ -30,23 +30,11 @@ def fused_ple_tail_enabled() -> bool:
     return bool(envs.SGLANG_GEMMA4_FUSED_PLE_TAIL.get())
 
 
-def _unquantized(linear) -> bool:
-    method = getattr(linear, "quant_method", None)
-    return method is None or type(method).__name__ == "UnquantizedLinearMethod"
-
-
 def layer_fusable(layer) -> bool:
-    """The module-level conditions above, for one Gemma4DecoderLayer (weights loaded)."""
+    """The module-level conditions above, for one Gemma4DecoderLayer."""
     gate, proj = layer.per_layer_input_gate, layer.per_layer_projection
     ff, ple = layer.post_feedforward_layernorm, layer.post_per_layer_input_norm
-    if gate is None or proj is None or ple is None:
-        return False
-    if getattr(gate, "bias", None) is not None or getattr(proj, "bias", None) is not None:
-        return False
-    if not (_unquantized(gate) and _unquantized(proj)):
-        return False
-    wg, wp = gate.weight, proj.weight
-    if wg.dim() != 2 or wp.dim() != 2 or wg.shape[::-1] != wp.shape or wg.dtype != wp.dtype:
+    if gate is None or proj is None or ple is None or not getattr(layer, "hidden_size_per_layer_input", 0):
         return False
     if getattr(ff, "cast_x_before_out_mul", False) or getattr(ff, "variance_size_override", None) is not None:
         return False
@@ -85,9 +73,9 @@ def ple_tail(
     if plan is None:
         plan = fused_ple_tail_enabled() and layer_fusable(layer)
         layer.__dict__[_PLAN_ATTR] = plan
-    if not plan or layer.per_layer_input_gate.weight.dtype != x.dtype or _batch_invariant():
+    if not plan or _batch_invariant():
         return None
-    if per_layer_input.shape != (x.shape[0], layer.per_layer_input_gate.weight.shape[0]):
+    if per_layer_input.shape != (x.shape[0], layer.hidden_size_per_layer_input):
         return None
     if per_layer_input.dtype != x.dtype or per_layer_input.stride(-1) != 1 or residual.stride(-1) != 1:
         return None
@@ -97,11 +85,13 @@ def ple_tail(
         residual,
         ff.weight.data,
         ff.variance_epsilon,
-        layer.per_layer_input_gate.weight.data,
+        None,
         per_layer_input,
-        layer.per_layer_projection.weight.data,
+        None,
         ple.weight.data,
         ple.eps,
         layer.layer_scalar,
         ple_norm_shift=ple.scale_shift,
+        gate=lambda t: layer.per_layer_input_gate(t)[0],
+        proj=lambda t: layer.per_layer_projection(t)[0],
     )
