@@ -223,6 +223,18 @@ def gen_decode_floor() -> List[str]:
             "", *_table(["model", "running requests", "weights read", "KV read", "step floor"], rows)]
 
 
+# --------------------------------------------------------------------------- PLE tail (0050)
+
+
+def gen_ple_tail() -> List[str]:
+    doc = _load("ple_tail_h100.json")
+    rows = [[r["model"], str(r["rows"]), f"{r['upstream_us']:.2f}", f"{r['fused_us']:.2f}", f"{r['speedup']:.2f}x",
+             f"{r['equal_share']:.1%}"] for r in doc["rows"]]
+    return [f"{doc['device']}, {doc['date'][:10]}, commit {doc['commit']}, per layer in a CUDA graph of 35 layers' "
+            "launches, each with its own weights ([details](benchmark/gemma4/results/ple_tail_h100.md)).", "",
+            *_table(["model", "rows", "0.5.23 ops us", "series us", "speed-up", "elements equal to 0.5.23's"], rows)]
+
+
 GENERATORS: Dict[str, Callable[[], List[str]]] = {
     "pool_summary": gen_pool_summary,
     "pool_expected": gen_pool_expected,
@@ -232,6 +244,7 @@ GENERATORS: Dict[str, Callable[[], List[str]]] = {
     "vision": gen_vision,
     "probe": gen_probe,
     "decode_floor": gen_decode_floor,
+    "ple_tail": gen_ple_tail,
 }
 
 
