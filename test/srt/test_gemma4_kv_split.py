@@ -279,8 +279,14 @@ def test_cap_with_a_declared_length_never_loses_requests_to_swa_margin(geo, monk
 
 @pytest.mark.parametrize("bad", ["many", "0", "-5", "1.5"])
 def test_bad_expected_length_is_a_clear_error(geo, monkeypatch, bad):
+    # refused while the arguments resolve (before the weights load) ...
     monkeypatch.setenv(ENV, bad)
+    with pytest.raises(ValueError, match=ENV):
+        _kvc(geo["26b"])
+    # ... and again where the pools are sized, should the variable change after resolution
+    monkeypatch.delenv(ENV)
     _, kvc = _kvc(geo["26b"])
+    monkeypatch.setenv(ENV, bad)
     with pytest.raises(ValueError, match=ENV):
         kvc.config_from_budget(60 * GIB)
 
@@ -376,3 +382,30 @@ def test_config_without_layer_types_is_a_clear_error():
         )
     with pytest.raises(ValueError, match="lists 1 layers"):
         layer_types_of(SimpleNamespace(num_hidden_layers=2, layer_types=["full_attention"]))
+
+
+# --------------------------------------------------------------------------- the declaration, checked early
+
+
+def test_declared_length_above_the_context_is_refused_at_pool_sizing(geo, monkeypatch):
+    # 26B-A4B's context is 262144 tokens: a 300000-token request cannot exist (accepting it sized the
+    # pools for it: ratio 0.016, 12 requests of 9000 tokens where 0.8 holds 38)
+    _, kvc = _kvc(geo["26b"])
+    monkeypatch.setenv(ENV, "300000")  # set after resolution, which would refuse it already
+    with pytest.raises(ValueError, match=f"{ENV}=300000 is longer than the context length 262144"):
+        kvc.config_from_budget(60 * GIB)
+
+
+def test_declaration_is_checked_at_argument_resolution(geo, monkeypatch):
+    """Before the weights load: resolving the server arguments already refuses a bad declaration."""
+    monkeypatch.setenv(ENV, "9001")
+    with pytest.raises(ValueError, match=f"{ENV}=9001 is longer than the context length 9000"):
+        resolve(geo["26b"], "--context-length", "9000")
+    monkeypatch.setenv(ENV, "many")
+    with pytest.raises(ValueError, match=f"{ENV} must be a positive integer"):
+        resolve(geo["26b"])
+    # at the context length itself it resolves, and the pools are sized for it
+    monkeypatch.setenv(ENV, "9000")
+    resolve(geo["26b"], "--context-length", "9000")
+    monkeypatch.delenv(ENV)
+    resolve(geo["26b"], "--context-length", "9000")

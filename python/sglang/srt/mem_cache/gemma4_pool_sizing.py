@@ -273,6 +273,12 @@ def is_gemma4_target(kvc: Any) -> bool:
     )
 
 
+def declared_length_set() -> bool:
+    from sglang.srt.environ import envs
+
+    return bool(envs.SGLANG_GEMMA4_EXPECTED_REQUEST_TOKENS.is_set())
+
+
 def expected_request_tokens() -> Optional[int]:
     """SGLANG_GEMMA4_EXPECTED_REQUEST_TOKENS (registered in sglang.srt.environ), checked."""
     from sglang.srt.environ import envs
@@ -288,6 +294,19 @@ def expected_request_tokens() -> Optional[int]:
             f"{EXPECTED_REQUEST_TOKENS_ENV} must be a positive integer number of tokens, got {raw!r}"
         ) from None
     return check_expected_request_tokens(value)
+
+
+def check_declared_length(context_len: int) -> Optional[int]:
+    """The declared request length, refused when no request can be that long (above the context
+    length); None when nothing is declared."""
+    expected = expected_request_tokens()
+    if expected is not None and expected > context_len:
+        raise ValueError(
+            f"{EXPECTED_REQUEST_TOKENS_ENV}={expected} is longer than the context length {context_len}: "
+            f"no request can hold that many tokens; declare the prompt + output of a typical request, "
+            f"at most {context_len}"
+        )
+    return expected
 
 
 def _make_configurator_class():
@@ -358,7 +377,7 @@ def _make_configurator_class():
                 )
                 return super().calculate_pool_sizes(available_bytes, page_size)
             model = self.split_model(available_bytes, page_size)
-            expected = expected_request_tokens()
+            expected = check_declared_length(model.context_len)
             choice = choose_split(model, expected)
             self.choice = choice
             self._swa_full_tokens_ratio = choice.ratio
