@@ -191,6 +191,8 @@ class Patch:
 
 
 _HUNK_RE = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+# the lines git writes between "diff --git" and "---"/"+++" that change nothing this tool applies
+_GIT_HEADER_RE = re.compile(r"^(index |old mode |new mode |new file mode |deleted file mode )")
 
 
 def parse_header(text: str, name: str) -> dict:
@@ -242,8 +244,12 @@ def parse_patch(text: str, name: str) -> Patch:
     body_start = i
     files: list = []
     cur: FilePatch | None = None
+    where = None  # the file whose diff line i is in, for errors; None before the first file's diff
+    git_header = False  # between "diff --git" and its ---/+++ lines
+    after_hunk = None  # the hunk that ended just before line i
     while i < len(lines):
         s = lines[i].rstrip("\n")
+        prev_hunk, after_hunk = after_hunk, None
         if s.startswith("--- ") and i + 1 < len(lines) and lines[i + 1].startswith("+++ "):
             old = _strip_prefix(s[4:], name)
             new = _strip_prefix(lines[i + 1][4:].rstrip("\n"), name)
@@ -251,15 +257,24 @@ def parse_patch(text: str, name: str) -> Patch:
                 raise SeriesError(f"{name}: a diff goes from /dev/null to /dev/null")
             cur = FilePatch(path=new or old, old_missing=old is None, new_missing=new is None, hunks=[])
             files.append(cur)
+            where, git_header = cur.path, False
             i += 2
+            continue
+        if s.startswith("diff --git "):
+            cur, where, git_header = None, s.rsplit(" b/", 1)[-1], True
+            i += 1
+            continue
+        if git_header and _GIT_HEADER_RE.match(s):
+            i += 1
             continue
         m = _HUNK_RE.match(s)
         if m:
             if cur is None:
-                raise SeriesError(f"{name}: hunk {s!r} before any ---/+++ file header")
+                raise SeriesError(f"{name}: line {i + 1}: hunk {s!r} before any ---/+++ file header")
             old_len = int(m.group(2)) if m.group(2) is not None else 1
             new_len = int(m.group(4)) if m.group(4) is not None else 1
             hunk = Hunk(s, int(m.group(1)), old_len, int(m.group(3)), new_len, [], [])
+            start = i
             i += 1
             seen_old = seen_new = 0
             last = None
@@ -288,13 +303,28 @@ def parse_patch(text: str, name: str) -> Patch:
                     hunk.new.append(body)
                     seen_new += 1
                     last = (hunk.new,)
+                elif _HUNK_RE.match(raw) or raw.startswith("diff --git "):
+                    break  # the hunk ended early: the count check below names it
                 else:
-                    raise SeriesError(f"{name}: {cur.path}: malformed line in hunk {hunk.header!r}: {raw!r}")
+                    bad = raw.rstrip("\n")
+                    raise SeriesError(f"{name}: {cur.path}: line {i + 1}: bad line in hunk {hunk.header!r}: {bad!r}")
                 i += 1
             if seen_old != old_len or seen_new != new_len:
-                raise SeriesError(f"{name}: {cur.path}: hunk {hunk.header!r} is truncated")
+                raise SeriesError(
+                    f"{name}: {cur.path}: hunk {hunk.header!r} at line {start + 1} has {seen_old} old and "
+                    f"{seen_new} new lines; its header says {old_len} and {new_len}"
+                )
             cur.hunks.append(hunk)
+            after_hunk = hunk
             continue
+        if where is not None or s.startswith("@"):  # text before the first file's diff (a diffstat) is skipped
+            if s.startswith("@"):
+                what = "malformed hunk header"
+            elif prev_hunk is not None and s[:1] in ("", " ", "-", "+"):
+                what = f"hunk {prev_hunk.header!r} has more lines than its header says"
+            else:
+                what = "not a file header, hunk header or hunk line"
+            raise SeriesError(f"{name}: {where or '(no file header yet)'}: line {i + 1}: {what}: {s!r}")
         i += 1
     if not files and not new_files:
         raise SeriesError(f"{name}: the patch changes nothing (no diff and no New-Files)")

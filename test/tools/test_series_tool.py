@@ -74,6 +74,31 @@ Last-Update: 2026-11-22
 """
 
 
+# 0002 over GOOD_PATCH: two hunks; its hunk headers are lines 8 and 15 of the file
+TWO_HUNK_PATCH = """Description: Change lines 5 and 25
+Author: Test <t@example.com>
+Forwarded: no
+Last-Update: 2026-11-22
+---
+--- a/python/sglang/srt/mod.py
++++ b/python/sglang/srt/mod.py
+@@ -3,5 +3,5 @@
+ line 3
+ line 4
+-line 5
++line 5 patched
+ line 6
+ line 7
+@@ -23,5 +24,5 @@
+ line 23
+ line 24
+-line 25
++line 25 patched
+ line 26
+ line 27
+"""
+
+
 def make_wheel(directory: Path, version: str = "0.5.23") -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"sglang-{version}-py3-none-any.whl"
@@ -315,6 +340,50 @@ def test_bad_series_input_gives_one_line_error(project, setup, expected):
     assert proc.returncode == 1
     assert expected in one_error_line(proc)
     assert snapshot(root) == before
+
+
+def test_two_hunk_patch_applies(project):
+    root, wheel = project
+    (root / "patches/0002-bad.patch").write_text(TWO_HUNK_PATCH)
+    (root / "patches/series").write_text("0001-good.patch\n0002-bad.patch\n")
+    proc = run(root, "check", wheel=wheel)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize(
+    "old, new, expected",
+    [
+        ("@@ -23,5 +24,5 @@\n", "@ -23,5 +24,5 @\n", "line 15: malformed hunk header: '@ -23,5 +24,5 @'"),
+        ("@@ -3,5 +3,5 @@\n", "@@ -3,5 +3,5@@\n", "line 8: malformed hunk header: '@@ -3,5 +3,5@@'"),
+        ("-line 5\n", "~line 5\n", "line 11: bad line in hunk '@@ -3,5 +3,5 @@': '~line 5'"),
+        (" line 7\n", " line 7\ngarbage\n", "line 15: not a file header, hunk header or hunk line: 'garbage'"),
+        ("---\n--- a/", "---\ndiff --git a/python/sglang/srt/mod.py b/python/sglang/srt/mod.py\n"
+         "similarity index 90%\n--- a/", "line 7: not a file header, hunk header or hunk line: 'similarity index 90%'"),
+        ("@@ -3,5 +3,5 @@\n", "@@ -3,6 +3,6 @@\n",
+         "hunk '@@ -3,6 +3,6 @@' at line 8 has 5 old and 5 new lines; its header says 6 and 6"),
+        ("@@ -3,5 +3,5 @@\n", "@@ -3,5 +3,6 @@\n",
+         "hunk '@@ -3,5 +3,6 @@' at line 8 has 5 old and 5 new lines; its header says 5 and 6"),
+        ("@@ -3,5 +3,5 @@\n", "@@ -3,4 +3,4 @@\n",
+         "line 14: hunk '@@ -3,4 +3,4 @@' has more lines than its header says: ' line 7'"),
+        (" line 27\n", "",
+         "hunk '@@ -23,5 +24,5 @@' at line 15 has 4 old and 4 new lines; its header says 5 and 5"),
+    ],
+    ids=["header-single-at", "header-no-space", "garbage-in-hunk", "garbage-after-hunk", "unknown-git-header",
+         "hunk-too-short", "hunk-new-too-short", "hunk-too-long", "last-hunk-too-short"],
+)
+def test_malformed_diff_line_names_patch_file_and_line(project, old, new, expected):
+    """A diff line the parser does not understand, or a hunk whose body disagrees with its header's line counts,
+    is an error naming the patch, the file and the line (never silently skipped: check, then build without it)."""
+    root, wheel = project
+    assert TWO_HUNK_PATCH.count(old) == 1
+    (root / "patches/0002-bad.patch").write_text(TWO_HUNK_PATCH.replace(old, new))
+    (root / "patches/series").write_text("0001-good.patch\n0002-bad.patch\n")
+    before = snapshot(root)
+    for cmd in (["check"], ["build", "--out", "dist"]):
+        proc = run(root, *cmd, wheel=wheel)
+        assert proc.returncode == 1, proc.stdout
+        assert one_error_line(proc) == f"error: 0002-bad.patch: python/sglang/srt/mod.py: {expected}"
+    assert snapshot(root) == before  # no dist/
 
 
 def test_unknown_command_is_one_line_error(project):
