@@ -51,6 +51,19 @@ def test_limit_is_the_swa_buffer_rows():
         swa_index_limit(SIZE_SWA, 0)
 
 
+@pytest.mark.parametrize("page", [4, 16])
+def test_every_buffer_row_passes_with_pages(strict, page):
+    """With pages, the buffer has size_swa + page_size rows: indices up to the last row of the
+    padding page are in bounds, the first one past it is not (page_size 1 tests cannot tell
+    size_swa + page_size from size_swa + 1)."""
+    pool, _ = _allocator(page)
+    rows = pool.swa_kv_pool.k_buffer[0].shape[0]
+    assert swa_index_limit(SIZE_SWA, page) == rows == SIZE_SWA + page
+    check_swa_alloc_bounds(torch.tensor([0, SIZE_SWA, rows - 1]), SIZE_SWA, page, "alloc")
+    with pytest.raises(RuntimeError, match=rf"outside \[0, {rows}\)"):
+        check_swa_alloc_bounds(torch.tensor([rows]), SIZE_SWA, page, "alloc")
+
+
 def test_real_allocations_pass(strict):
     _, alloc = _allocator(1)
     full = alloc.alloc(SIZE_SWA)  # every SWA slot, the largest index included
