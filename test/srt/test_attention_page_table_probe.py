@@ -257,10 +257,43 @@ def ragged():
     return ("ragged", idx, torch.tensor([0, 100, 100, 250, 390], dtype=torch.int32), 50)
 
 
-for case in (dense, clean, ragged):
+def partial_last_page():
+    # page 4: seq 6 reads 2 entries, seq 9 reads 3; the bad ones sit in each row's partial last page,
+    # and the entries past them hold garbage that neither the check nor the dump may read
+    t = torch.full((2, 8), 10**6, dtype=torch.int32)
+    t[0, :2] = torch.tensor([3, 9])
+    t[1, :3] = torch.tensor([1, 2, 8])
+    return ("paged", t, torch.tensor([6, 9]), 4, 8)
+
+
+def full_last_row():
+    # the last row reads every entry of its row (seq = width x page): the dump window must stop at
+    # the row's end, which is also the end of the table
+    t = torch.arange(1, 3 * 6 + 1, dtype=torch.int32).view(3, 6) % 7
+    t[2, 5] = 7
+    return ("paged", t, torch.tensor([5, 0, 24]), 4, 7)
+
+
+for case in (dense, clean, ragged, partial_last_page, full_last_row):
     a, b = run(False, case), run(True, case)
     assert a == b, (case.__name__, a, b)
     assert (a[0] == "silent") == (case is clean)
+_, dump, table = run(True, partial_last_page)
+assert (dump["row"], dump["entry"], dump["value"], dump["bad_rows"]) == (0, 1, 9, 2), dump
+assert [r["entries"] for r in dump["rows"]] == [[3, 9], [1, 2, 8]], dump["rows"]
+assert table[0][:2] == [3, 0] and table[1][:3] == [1, 2, 0] and table[0][2] == 10**6
+# the device-side dump holds -1 past each row's live entries: the window never reads past them
+for case, live in ((partial_last_page, [2, 3]), (full_last_row, [6])):
+    probe = m.PageTableProbe("trtllm_mha", "cpu", 300, use_triton=True)
+    try:
+        probe.check_paged("full", 5, *case()[1:])
+        probe.synchronize_and_poll()
+        raise AssertionError(case.__name__ + ": no report")
+    except m.PageTableBoundsError:
+        pass
+    raw = probe._sites["full"].dump_entries
+    for i, n in enumerate(live):
+        assert raw[i, n:].eq(-1).all(), (case.__name__, i, raw[i, : n + 4].tolist())
 print("ok")
 """
 
