@@ -11,16 +11,21 @@ goes on with the steps that do not depend on it.
     python benchmark/gemma4/gpu_session.py wait --out /tmp/res --seconds 540
     python benchmark/gemma4/gpu_session.py pack --out /tmp/res --dest "$OUT"
 
-PLAN.json: {"env": {...}, "steps": [{"name": "...", "cmd": "...", "timeout": 300,
-             "after": ["name", ...], "background": false}, ...]}
+PLAN.json: {"comment": "...", "env": {...}, "steps": [{"name": "...", "cmd": "...", "timeout": 300,
+             "after": ["name", ...], "background": false, "always": false}, ...]}
 A ``background`` step starts and the plan moves on; a later step that lists it in ``after`` waits for it.
-``{out}`` in a command is replaced by the step's own output folder.
+An ``always`` step runs even when a step in its ``after`` failed. ``{out}`` in a command is replaced by the
+step's own output folder. ``load_plan`` checks the whole plan before anything is detached: ``env`` maps names
+to strings (numbers are refused: write "1", not 1), ``steps`` is a non-empty list, ``cmd`` a non-empty string,
+``timeout`` a positive number of seconds (default 600), ``after`` a list of names of earlier steps,
+``background`` and ``always`` true or false; any other key is refused. ``comment`` (top level) is ignored.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import signal
@@ -28,7 +33,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 STATUS = "status.json"
 PART_BYTES = 15 * (1 << 20)
@@ -38,27 +43,70 @@ class PlanError(ValueError):
     pass
 
 
+PLAN_KEYS = ("comment", "env", "steps")
+STEP_KEYS = ("name", "cmd", "timeout", "after", "background", "always")
+DEFAULT_TIMEOUT = 600
+
+
 def load_plan(path: str) -> Dict[str, Any]:
+    """Read and check a whole plan; a PlanError names the plan file, the step and the field at fault."""
     try:
         with open(path, encoding="utf-8") as f:
             plan = json.load(f)
     except (OSError, ValueError) as e:
         raise PlanError(f"cannot read plan {path}: {e}") from None
+    if not isinstance(plan, dict):
+        raise PlanError(f"plan {path} must be a JSON object with a 'steps' list, not {type(plan).__name__}")
+    unknown = sorted(set(plan) - set(PLAN_KEYS))
+    if unknown:
+        raise PlanError(f"plan {path}: unknown top-level key(s) {', '.join(map(repr, unknown))}; "
+                        f"known: {', '.join(PLAN_KEYS)}")
+    env = plan.get("env", {})
+    if not isinstance(env, dict):
+        raise PlanError(f"plan {path}: 'env' must be an object of names to strings, not {type(env).__name__}")
+    for key, value in env.items():
+        if not key or "=" in key or "\0" in key:
+            raise PlanError(f"plan {path}: 'env' name {key!r} must be non-empty, without '=' or NUL")
+        if not isinstance(value, str) or "\0" in value:
+            raise PlanError(f"plan {path}: 'env' value of {key!r} must be a string (write \"1\", not 1), "
+                            f"not {value!r}")
     steps = plan.get("steps")
     if not isinstance(steps, list) or not steps:
-        raise PlanError(f"plan {path} has no 'steps' list")
+        raise PlanError(f"plan {path} has no 'steps' list (a non-empty list of steps is needed)")
     names = set()
     for i, step in enumerate(steps):
-        if not isinstance(step, dict) or not isinstance(step.get("name"), str) or not step.get("cmd"):
-            raise PlanError(f"plan {path}: step {i} needs a 'name' and a 'cmd'")
-        if not step["name"].replace("_", "").replace("-", "").isalnum():
-            raise PlanError(f"plan {path}: step name {step['name']!r} must be letters, digits, '-' and '_'")
-        if step["name"] in names:
-            raise PlanError(f"plan {path}: two steps are named {step['name']!r}")
-        for dep in step.get("after", []):
+        if not isinstance(step, dict):
+            raise PlanError(f"plan {path}: step {i} must be an object, not {type(step).__name__}")
+        name = step.get("name")
+        where = f"plan {path}: step {i}" + (f" {name!r}" if isinstance(name, str) else "")
+        if not isinstance(name, str) or "cmd" not in step:
+            raise PlanError(f"{where} needs a 'name' and a 'cmd'")
+        if not name.replace("_", "").replace("-", "").isalnum():
+            raise PlanError(f"{where}: step name {name!r} must be letters, digits, '-' and '_'")
+        if name in names:
+            raise PlanError(f"{where}: two steps are named {name!r}")
+        unknown = sorted(set(step) - set(STEP_KEYS))
+        if unknown:
+            raise PlanError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; known: {', '.join(STEP_KEYS)}")
+        cmd = step["cmd"]
+        if not isinstance(cmd, str) or not cmd.strip():
+            raise PlanError(f"{where}: 'cmd' must be a non-empty string, not {cmd!r}")
+        if "timeout" in step:
+            t = step["timeout"]
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+                raise PlanError(f"{where}: 'timeout' must be a positive number of seconds, not {t!r}")
+        for flag in ("background", "always"):
+            if flag in step and not isinstance(step[flag], bool):
+                raise PlanError(f"{where}: {flag!r} must be true or false, not {step[flag]!r}")
+        after = step.get("after", [])
+        if not isinstance(after, list):
+            raise PlanError(f"{where}: 'after' must be a list of step names (e.g. [{after!r}]), not {after!r}")
+        for dep in after:
+            if not isinstance(dep, str):
+                raise PlanError(f"{where}: 'after' must list step names (strings), not {dep!r}")
             if dep not in names:
-                raise PlanError(f"plan {path}: step {step['name']!r} runs after {dep!r}, which is not an earlier step")
-        names.add(step["name"])
+                raise PlanError(f"{where}: step {name!r} runs after {dep!r} ('after'), which is not an earlier step")
+        names.add(name)
     return plan
 
 
@@ -126,7 +174,7 @@ def run_plan(plan: Dict[str, Any], out: str) -> int:
         start = time.time()
         proc = subprocess.Popen(["bash", "-c", cmd], stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
-        running[name] = (proc, start + float(step.get("timeout", 600)), log, start)
+        running[name] = (proc, start + float(step.get("timeout", DEFAULT_TIMEOUT)), log, start)
         status["steps"][name] = {"state": "running", "at": round(start - t0, 1), "cmd": cmd}
         _write_status(out, status)
         if not step.get("background", False):
@@ -139,14 +187,38 @@ def run_plan(plan: Dict[str, Any], out: str) -> int:
     return 0
 
 
-def start(plan_path: str, out: str) -> int:
+def start(plan_path: str, out: str, grace: float = 3.0, runner: Optional[List[str]] = None) -> int:
+    """Check the plan, launch the runner in its own session, and wait up to ``grace`` seconds for it to write
+    ``status.json`` (with its own pid). A runner that exits first is reported with the tail of session.log and
+    exit status 1. ``runner`` replaces the runner's command line (for tests)."""
     load_plan(plan_path)  # refuse a bad plan before detaching
     os.makedirs(out, exist_ok=True)
-    log = open(os.path.join(out, "session.log"), "a", encoding="utf-8")
-    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "run", "--plan", plan_path, "--out", out],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    print(f"plan started in its own session, pid {proc.pid}; progress: {os.path.join(out, STATUS)}")
-    return 0
+    log_path = os.path.join(out, "session.log")
+    with open(log_path, "a", encoding="utf-8") as log:
+        argv = runner or [sys.executable, os.path.abspath(__file__), "run", "--plan", plan_path, "--out", out]
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + grace
+    while True:
+        if read_status(out).get("pid") == proc.pid:  # not a status.json left by an earlier run
+            print(f"plan started in its own session, pid {proc.pid}; progress: {os.path.join(out, STATUS)}")
+            return 0
+        rc = proc.poll()
+        if rc is not None:
+            if read_status(out).get("pid") == proc.pid:  # wrote it and ended between the two checks
+                continue
+            try:
+                with open(log_path, encoding="utf-8", errors="replace") as f:
+                    tail = "".join(f.readlines()[-20:])
+            except OSError:
+                tail = ""
+            print(f"error: the plan runner (pid {proc.pid}) exited with status {rc} before writing "
+                  f"{os.path.join(out, STATUS)}; the plan did not start. {log_path}:\n{tail}", file=sys.stderr)
+            return 1
+        if time.time() >= deadline:
+            print(f"plan runner started in its own session, pid {proc.pid}, but has not written "
+                  f"{os.path.join(out, STATUS)} yet after {grace:g} s; check {log_path}")
+            return 0
+        time.sleep(0.05)
 
 
 def read_status(out: str) -> Dict[str, Any]:

@@ -121,3 +121,124 @@ def test_committed_plans_load_and_their_serve_ab_commands_parse(plan):
                 checked += 1
     if "serve_ab.py run" in json.dumps(doc):
         assert checked, f"{plan}: a serve_ab.py run was not recognised by the check"
+
+
+def _gs():
+    sys.path.insert(0, os.path.dirname(TOOL))
+    try:
+        import gpu_session
+    finally:
+        sys.path.remove(os.path.dirname(TOOL))
+    return gpu_session
+
+
+def _write(tmp_path, doc):
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(doc))
+    return str(path)
+
+
+_BUILD = {"name": "build", "cmd": "true"}
+
+
+# (plan document, words the error must contain: the step and the field). Every case is a plan that the
+# runner would otherwise take (or die on after detaching), so each fails if its check is removed.
+@pytest.mark.parametrize("doc, words", [
+    pytest.param({"steps": [_BUILD, {"name": "bench", "cmd": "true", "timeout": "300"}]},
+                 ["step 1 'bench'", "'timeout'", "positive number", "'300'"], id="string-timeout"),
+    pytest.param({"steps": [{"name": "bench", "cmd": "true", "timeout": True}]},
+                 ["'bench'", "'timeout'", "True"], id="bool-timeout"),
+    pytest.param({"steps": [{"name": "bench", "cmd": "true", "timeout": 0}]},
+                 ["'bench'", "'timeout'", "positive"], id="zero-timeout"),
+    pytest.param({"env": ["A=1"], "steps": [_BUILD]}, ["'env'", "object", "list"], id="list-env"),
+    pytest.param({"env": {"CUDA_VISIBLE_DEVICES": 0}, "steps": [_BUILD]},
+                 ["'env'", "'CUDA_VISIBLE_DEVICES'", "must be a string"], id="non-string-env-value"),
+    pytest.param({"env": {"A=B": "1"}, "steps": [_BUILD]}, ["'env'", "'A=B'"], id="env-name-with-equals"),
+    pytest.param({"steps": [_BUILD, {"name": "bench", "cmd": "true", "after": "build"}]},
+                 ["step 1 'bench'", "'after'", "must be a list", "['build']"], id="string-after"),
+    pytest.param({"steps": [_BUILD, {"name": "bench", "cmd": "true", "after": [1]}]},
+                 ["'bench'", "'after'", "strings"], id="non-string-after-entry"),
+    pytest.param({"steps": [_BUILD, {"name": "bench", "cmd": "true", "timout": 300}]},
+                 ["step 1 'bench'", "unknown key", "'timout'"], id="unknown-step-key"),
+    pytest.param({"steps": [_BUILD], "step": []}, ["unknown top-level key", "'step'"], id="unknown-plan-key"),
+    pytest.param({"steps": [{"name": "server", "cmd": "true", "background": "yes"}]},
+                 ["step 0 'server'", "'background'", "true or false"], id="non-bool-background"),
+    pytest.param({"steps": [{"name": "report", "cmd": "true", "always": 1}]},
+                 ["'report'", "'always'", "true or false"], id="non-bool-always"),
+    pytest.param({"steps": [_BUILD, {"name": "bench", "cmd": ""}]}, ["step 1 'bench'", "'cmd'", "non-empty"],
+                 id="empty-cmd"),
+    pytest.param({"steps": [_BUILD, {"name": "bench", "cmd": ["echo", "x"]}]}, ["'bench'", "'cmd'", "string"],
+                 id="list-cmd"),
+    pytest.param({"steps": {"build": _BUILD}}, ["'steps' list"], id="steps-not-a-list"),
+    pytest.param([_BUILD], ["must be a JSON object"], id="plan-not-an-object"),
+])
+def test_whole_plan_is_checked_before_detaching(tmp_path, doc, words):
+    plan = _write(tmp_path, doc)
+    with pytest.raises(_gs().PlanError) as err:
+        _gs().load_plan(plan)
+    message = str(err.value)
+    assert plan in message
+    for w in words:
+        assert w in message, (w, message)
+    # The CLI refuses it with exit 2 and detaches nothing (no output folder, no session.log).
+    out = tmp_path / "res"
+    res = _run("start", "--plan", plan, "--out", str(out), check=False)
+    assert res.returncode == 2 and message in res.stderr and "plan started" not in res.stdout
+    assert not out.exists()
+
+
+def test_every_committed_plan_loads():
+    gs = _gs()
+    plans = sorted(p for p in os.listdir(PLANS) if p.endswith(".json"))
+    assert plans
+    for p in plans:
+        doc = gs.load_plan(os.path.join(PLANS, p))
+        assert doc["steps"]
+
+
+def test_start_reports_a_runner_that_dies_before_writing_status(tmp_path, capsys):
+    gs = _gs()
+    plan = _plan(tmp_path, [{"name": "a", "cmd": "true"}])
+    out = tmp_path / "res"
+    out.mkdir()
+    # A status.json left by an earlier run must not pass for this runner's.
+    (out / "status.json").write_text(json.dumps({"pid": 1, "steps": {}, "done": True}))
+    dying = [sys.executable, "-c", "import sys; print('runner blew up'); sys.exit(5)"]
+    t0 = time.time()
+    assert gs.start(plan, str(out), grace=10, runner=dying) == 1
+    assert time.time() - t0 < 8  # noticed the exit, did not sit out the grace period
+    cap = capsys.readouterr()
+    assert "plan started" not in cap.out
+    assert "exited with status 5" in cap.err and "runner blew up" in cap.err
+
+
+def test_start_does_not_hang_on_a_runner_that_is_slow_to_write_status(tmp_path, capsys, monkeypatch):
+    gs = _gs()
+    plan = _plan(tmp_path, [{"name": "a", "cmd": "true"}])
+    started = []
+    real_popen = gs.subprocess.Popen
+
+    def popen(*args, **kwargs):
+        started.append(real_popen(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(gs.subprocess, "Popen", popen)
+    t0 = time.time()
+    try:
+        sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+        rc = gs.start(plan, str(tmp_path / "res"), grace=0.5, runner=sleeper)
+    finally:
+        for p in started:  # only the runner this test started
+            p.kill()
+            p.wait()
+    assert rc == 0 and time.time() - t0 < 5
+    assert "has not written" in capsys.readouterr().out
+
+
+def test_start_says_started_once_the_runner_wrote_its_status(tmp_path):
+    out = tmp_path / "res"
+    res = _run("start", "--plan", _plan(tmp_path, [{"name": "a", "cmd": "sleep 1"}]), "--out", str(out))
+    assert "plan started" in res.stdout
+    status = json.loads((out / "status.json").read_text())
+    assert str(status["pid"]) in res.stdout
+    _run("wait", "--out", str(out), "--seconds", "30")
