@@ -238,13 +238,32 @@ def describe(status: Dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def wait(out: str, seconds: float) -> int:
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return True  # no pid recorded: cannot tell, keep waiting
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def wait(out: str, seconds: float, poll: float = 5.0) -> int:
+    """Until the plan is done, its runner has died, or ``seconds`` have passed; 1 when the runner
+    died before finishing the plan (its status then stops where it died)."""
     deadline = time.time() + seconds
     while time.time() < deadline:
         status = read_status(out)
         if status.get("done"):
             break
-        time.sleep(5)
+        if status and not _alive(status.get("pid")):
+            print(describe(read_status(out)))
+            print(f"error: the plan runner (pid {status.get('pid')}) is gone but the plan is not done; "
+                  f"see {os.path.join(out, 'session.log')}", file=sys.stderr)
+            return 1
+        time.sleep(poll)
     print(describe(read_status(out)))
     return 0
 

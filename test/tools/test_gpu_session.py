@@ -242,3 +242,21 @@ def test_start_says_started_once_the_runner_wrote_its_status(tmp_path):
     status = json.loads((out / "status.json").read_text())
     assert str(status["pid"]) in res.stdout
     _run("wait", "--out", str(out), "--seconds", "30")
+
+
+def test_wait_stops_when_the_runner_died_before_the_plan_was_done(tmp_path, capsys):
+    gs = _gs()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "res"
+    out.mkdir()
+    (out / "status.json").write_text(json.dumps({"started": time.time(), "pid": dead.pid, "done": False,
+                                                 "steps": {"a": {"state": "running"}}}))
+    t0 = time.time()
+    assert gs.wait(str(out), 30, poll=0.05) == 1
+    assert time.time() - t0 < 5
+    assert f"runner (pid {dead.pid}) is gone but the plan is not done" in capsys.readouterr().err
+    # a live runner is waited for until the deadline, which is no error
+    (out / "status.json").write_text(json.dumps({"started": time.time(), "pid": os.getpid(), "done": False,
+                                                 "steps": {}}))
+    assert gs.wait(str(out), 0.2, poll=0.05) == 0
