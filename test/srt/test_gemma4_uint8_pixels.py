@@ -190,6 +190,37 @@ def test_restore_errors_name_the_problem(gpt):
     assert gpt.restore_pixel_values([plain])[0] is plain
 
 
+def test_restore_pixel_position_count_mismatch_names_the_item(gpt):
+    # two uint8 pixel tensors, one position tensor: zip used to drop the second image silently
+    u8 = torch.zeros(1, 18, 48, dtype=torch.uint8)
+    pos = torch.zeros(1, 18, 2, dtype=torch.long)
+    lut = torch.zeros(1, 3, 256)
+    plain = types.SimpleNamespace(feature=torch.zeros(1, 18, 48), image_position_ids=pos)
+    for positions in ([pos], (pos,)):
+        bad = types.SimpleNamespace(feature=[u8, u8.clone()], image_position_ids=positions, pixel_values_lut=lut)
+        with pytest.raises(ValueError) as exc:
+            gpt.restore_pixel_values([plain, bad])
+        msg = str(exc.value)
+        assert "image item 1: 2 pixel tensors but 1 image_position_ids tensors (count mismatch" in msg, msg
+    # one position tensor per pixel tensor (or one shared tensor) still restores every image
+    for positions in ([pos, pos], pos):
+        ok = types.SimpleNamespace(feature=[u8, u8.clone()], image_position_ids=positions, pixel_values_lut=lut)
+        restored = gpt.restore_pixel_values([ok])[0].feature
+        assert len(restored) == 2 and all(r.dtype == torch.float32 for r in restored)
+
+
+def test_non_finite_table_is_refused(gpt):
+    # a table holding NaN / inf would rebuild non-finite pixels that the tower then skips scanning
+    u8 = torch.zeros(1, 18, 48, dtype=torch.uint8)
+    pos = torch.zeros(1, 18, 2, dtype=torch.long)
+    for value in (float("nan"), float("inf")):
+        lut = torch.zeros(1, 3, 256)
+        lut[0, 1, 0] = value
+        item = types.SimpleNamespace(feature=u8, image_position_ids=pos, pixel_values_lut=lut)
+        with pytest.raises(ValueError, match="image item 0: pixel_values_lut holds non-finite values"):
+            gpt.restore_pixel_values([item])
+
+
 # ------------------------------------------------------------------ soft tokens of a tiny tower (CPU)
 
 
@@ -267,6 +298,41 @@ def test_soft_tokens_unchanged(gpt, tiny_model, backend):
     assert not torch.equal(want[0][:4], want[1][:4])
     # the item keeps its uint8 pixels (the float32 copy lives only inside the call)
     assert uint8_items[0].feature.dtype == torch.uint8
+
+
+def test_only_float_pixels_are_scanned_for_non_finite_values(gpt, tiny_model, monkeypatch):
+    """uint8 pixels rebuilt through a finite table cannot be NaN / inf: they are not scanned (no extra pass or
+    host sync on the default path); float32 pixels are, and NaN among them is a clear error."""
+    from sglang.srt.managers.schedule_batch import Modality, MultimodalDataItem
+    from sglang.srt.models import gemma4_vision_batching as vb
+
+    ip = _processors(patch_size=4, max_soft_tokens=70)["torchvision"]
+    lut = gpt.pixel_lut(ip).unsqueeze(0)
+    float_items, uint8_items = [], []
+    for i, size in enumerate([(96, 96), (40, 130)]):
+        img = _image(*size, seed=60 + i)
+        ref = ip(images=[img], return_tensors="pt")
+        raw = ip(images=[img], do_rescale=False, do_normalize=False, return_tensors="pt")
+        a = MultimodalDataItem(modality=Modality.IMAGE, feature=ref["pixel_values"])
+        a.set("image_position_ids", ref["image_position_ids"])
+        b = MultimodalDataItem(modality=Modality.IMAGE, feature=raw["pixel_values"])
+        b.set("image_position_ids", raw["image_position_ids"])
+        b.set(gpt.LUT_ATTR, lut)
+        float_items.append(a)
+        uint8_items.append(b)
+    scanned = []
+    real = vb._non_finite_problems
+    monkeypatch.setattr(vb, "_non_finite_problems", lambda checked: scanned.append(len(checked)) or real(checked))
+    with torch.no_grad():
+        got = tiny_model.get_image_feature(uint8_items)
+        assert scanned == []
+        want = tiny_model.get_image_feature(float_items)
+        assert scanned == [2]
+    assert all(torch.equal(w, g) for w, g in zip(want, got))
+    float_items[1].feature = float_items[1].feature.clone()
+    float_items[1].feature[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="image item 1 image 0: non-finite pixel values"):
+        tiny_model.get_image_feature(float_items)
 
 
 # ------------------------------------------------------------------ the real sglang tokenizer -> scheduler path

@@ -388,6 +388,69 @@ def test_video_bad_rank(models):
         models.sg.get_video_feature([item])
 
 
+def _assert_names_only_item_1(models, items, message):
+    """get_image_feature refuses ``items`` with a ValueError holding ``message``, naming item 1 only,
+    before any tower call; the good item 0 alone still encodes."""
+    models.reset_calls()
+    with pytest.raises(ValueError) as exc:
+        models.sg.get_image_feature(items)
+    msg = str(exc.value)
+    assert message in msg and "image item 0" not in msg, msg
+    assert models.calls == {"encoder": 0, "embed": 0}  # refused before any tensor work on the tower
+    with torch.no_grad():
+        assert len(models.sg.get_image_feature(items[:1])) == 1
+
+
+def test_zero_size_image_is_a_clear_error(models):
+    # pixel patches [1, 0, 48]: was a RuntimeError from a reshape inside plan_items
+    good = image_item([make_image(6, 9, seed=93)])
+    empty = types.SimpleNamespace(
+        feature=torch.zeros(1, 0, PATCH_PIXELS), image_position_ids=torch.zeros(1, 0, 2, dtype=torch.long)
+    )
+    _assert_names_only_item_1(models, [good, empty], "image item 1: empty image (0 patches")
+
+
+@pytest.mark.parametrize("alone", [True, False])
+def test_item_without_images_is_a_clear_error(models, alone):
+    # [0, P, C] pixel values: was None (item alone) or an empty embedding returned into the batch
+    good = image_item([make_image(6, 9, seed=94)])
+    none = types.SimpleNamespace(
+        feature=torch.zeros(0, MAX_PATCHES, PATCH_PIXELS),
+        image_position_ids=torch.zeros(0, MAX_PATCHES, 2, dtype=torch.long),
+    )
+    if alone:
+        with pytest.raises(ValueError, match="image item 0: no images in the item"):
+            models.sg.get_image_feature([none])
+    else:
+        _assert_names_only_item_1(models, [good, none], "image item 1: no images in the item")
+    # an item with no pixel tensor at all is refused by the same collector, before encoding
+    _assert_names_only_item_1(
+        models,
+        [good, types.SimpleNamespace(feature=[], image_position_ids=[])],
+        "image item 1: no images in the item (no pixel values or embeddings)",
+    )
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_pixels_name_the_image(models, value):
+    # NaN / inf pixels flowed into NaN soft tokens; now the image holding them is named
+    good = image_item([make_image(6, 9, seed=95)])
+    a, b = make_image(6, 9, seed=96), make_image(3, 6, seed=97)
+    b[0][4, 7] = value
+    items = [good, image_item([a, b])]
+    _assert_names_only_item_1(models, items, "image item 1 image 1: non-finite pixel values (")
+    with pytest.raises(ValueError) as exc:
+        models.sg.get_image_feature(items)
+    assert "image item 1 image 0" not in str(exc.value)
+    kind = "NaN" if value != value else "inf"
+    assert f"1 {kind}" in str(exc.value)
+    # video frames are checked the same way
+    frames = torch.stack([a[0], b[0]])[None]
+    video = types.SimpleNamespace(feature=frames, video_position_ids=torch.stack([a[1], b[1]])[None])
+    with pytest.raises(ValueError, match="video item 0 frame 1: non-finite pixel values"):
+        models.sg.get_video_feature([video])
+
+
 # --------------------------------------------------------------------------- packed varlen path
 
 

@@ -22,8 +22,9 @@ calls as possible and one ``embed_vision`` call, in four stages:
    (non-padding) patches of each image / frame from its positions, the soft
    token each valid patch is pooled into, and where each segment's soft tokens
    sit in the batch (``VisionSegment.token_offset``, computed once here).
-   Malformed items raise one ``ValueError`` naming every bad item before any
-   device work starts.
+   Malformed items (wrong shapes, empty images, items without images,
+   NaN / inf pixel values) raise one ``ValueError`` naming every bad item
+   before any device work starts.
 2. tower calls (``plan_tower_calls``): the segments cut into calls by a byte
    budget that every rank of the tower's tensor-parallel group agrees on (one
    all-reduce MIN per encoder call), so all ranks make the same calls and
@@ -65,6 +66,11 @@ POSITION_ATTR = {"image": "image_position_ids", "video": "video_position_ids"}
 
 # ``group`` default of the budget agreement: the tower's tensor-parallel group.
 TOWER_TP_GROUP = "tower-tp-group"
+
+# An item may name (by identity) pixel tensors already known to be finite, e.g.
+# float32 rebuilt from uint8 patches through a finite value table
+# (gemma4_pixel_transport); ``plan_items`` does not scan those for NaN / inf.
+FINITE_PIXELS_ATTR = "finite_pixel_values"
 
 
 # ---------------------------------------------------------------------------
@@ -204,6 +210,28 @@ def _plan_segment(
     return (None if prefix else valid_rows), pos, token_of_patch, cells.numel()
 
 
+def _non_finite_problems(checked: Sequence[Tuple[str, str, torch.Tensor]]) -> List[str]:
+    """One problem per image / frame of ``checked`` (``(where, unit, [N, P, C]
+    pixels)``) holding NaN or inf.  When all are finite (the normal case) this
+    costs one ``isfinite(...).all()`` per tensor and one host sync per device
+    for the whole batch; only the error path looks at single images."""
+    flags: dict = {}
+    for _, _, pixels in checked:
+        flags.setdefault(pixels.device, []).append(torch.isfinite(pixels).all())
+    if all(bool(torch.stack(f).all()) for f in flags.values()):
+        return []
+    problems = []
+    for where, unit, pixels in checked:
+        bad = ~torch.isfinite(pixels).flatten(1).all(dim=1)
+        for j in bad.nonzero().flatten().tolist():
+            img = pixels[j]
+            problems.append(
+                f"{where} {unit} {j}: non-finite pixel values ({int(img.isnan().sum())} NaN, "
+                f"{int(img.isinf().sum())} inf of {img.numel()} values)"
+            )
+    return problems
+
+
 def plan_items(
     items: Sequence[Any],
     *,
@@ -219,21 +247,30 @@ def plan_items(
     (``[F, P, C]`` or ``[V, F, P, C]``; a single ``[P, C]`` frame too); the
     positions are read from ``POSITION_ATTR[kind]``.  A 2-D or 3-D tensor whose
     last dimension is ``text_hidden_size`` is a precomputed embedding and is
-    passed through.  Every problem of every item is reported in one
-    ``ValueError``; nothing is encoded when any item is malformed.
+    passed through.  An item without pixel values or embeddings, a pixel
+    tensor holding no image / frame or images / frames of 0 patches, and
+    float pixel values holding NaN or inf (except tensors the item lists in
+    ``FINITE_PIXELS_ATTR``) are errors.  Every problem of every item is
+    reported in one ``ValueError``; nothing is encoded when any item is
+    malformed.
     """
     if kind not in POSITION_ATTR:
         raise ValueError(f"kind must be 'image' or 'video', got {kind!r}")
     position_attr = POSITION_ATTR[kind]
     pixel_ranks = (2, 3) if kind == "image" else (2, 3, 4)
+    unit = "image" if kind == "image" else "frame"
     plan = VisionBatchPlan()
     problems = []
+    finite_checks: List[Tuple[str, str, torch.Tensor]] = []
     tokens = 0
     for item_idx, item in enumerate(items):
         pieces: List[ItemPiece] = []
         plan.items.append(pieces)
         features = _flatten([getattr(item, "feature", None)])
         positions = _flatten([getattr(item, position_attr, None)])
+        known_finite = getattr(item, FINITE_PIXELS_ATTR, None) or ()
+        if not features:
+            problems.append(f"{kind} item {item_idx}: no {unit}s in the item (no pixel values or embeddings)")
         for t_idx, pv in enumerate(features):
             where = f"{kind} item {item_idx}" + (f" tensor {t_idx}" if len(features) > 1 else "")
             try:
@@ -255,6 +292,16 @@ def plan_items(
                         f"{where}: pixel values have {pv.shape[-1]} values per patch, expected "
                         f"{patch_pixels} (or {text_hidden_size} for a precomputed embedding)"
                     )
+                if pv.shape[-2] == 0:
+                    raise ValueError(
+                        f"{where}: empty {unit} (0 patches; pixel values shape {tuple(pv.shape)})"
+                    )
+                if pv.numel() == 0:
+                    raise ValueError(
+                        f"{where}: no {unit}s in the "
+                        + ("item" if len(features) == 1 else "tensor")
+                        + f" (pixel values shape {tuple(pv.shape)})"
+                    )
                 if not pv.is_floating_point():
                     raise ValueError(f"{where}: pixel values must be floating point, got {pv.dtype}")
                 if (
@@ -272,7 +319,7 @@ def plan_items(
                 pp3 = pp.reshape(-1, pp.shape[-2], 2)
                 start = tokens
                 for j in range(pv3.shape[0]):
-                    sub = f"{where} {'image' if kind == 'image' else 'frame'} {j}"
+                    sub = f"{where} {unit} {j}"
                     rows, pos, tok, ntok = _plan_segment(
                         pv3[j],
                         pp3[j],
@@ -283,14 +330,18 @@ def plan_items(
                     plan.segments.append(VisionSegment(pv3[j], rows, pos, tok, ntok, tokens))
                     tokens += ntok
                 pieces.append(EncodedTokens(start, tokens))
+                if not any(pv is t for t in known_finite):
+                    finite_checks.append((where, unit, pv3))
             except ValueError as exc:
                 problems.append(str(exc))
         extra = len(positions) - len(features)
-        if extra > 0 and any(isinstance(p, torch.Tensor) for p in positions[len(features):]):
+        if features and extra > 0 and any(isinstance(p, torch.Tensor) for p in positions[len(features):]):
             problems.append(
                 f"{kind} item {item_idx}: {len(positions)} {position_attr} tensors for "
                 f"{len(features)} pixel tensors"
             )
+    if finite_checks:
+        problems.extend(_non_finite_problems(finite_checks))
     if problems:
         raise ValueError(
             f"malformed Gemma-4 {kind} input ({len(problems)} problem(s); nothing was encoded): "

@@ -47,6 +47,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from sglang.srt.models.gemma4_vision_batching import FINITE_PIXELS_ATTR
+
 LUT_ATTR = "pixel_values_lut"
 MODEL_CLASS = "Gemma4ForConditionalGeneration"
 # kwargs that define the elementwise step; a caller or --mm-process-config that
@@ -182,13 +184,16 @@ def process_mm_data(mm_processor, call: Callable[..., Any], input_text, images=N
 
 
 class _Restored:
-    """An item whose ``feature`` is replaced; every other attribute is the item's."""
+    """An item whose ``feature`` is replaced; every other attribute is the item's.
+    ``FINITE_PIXELS_ATTR`` names the tensors rebuilt from uint8 through a finite
+    table, which the vision batching need not scan for NaN / inf."""
 
-    __slots__ = ("_item", "feature")
+    __slots__ = ("_item", "feature", FINITE_PIXELS_ATTR)
 
-    def __init__(self, item, feature):
+    def __init__(self, item, feature, finite=()):
         object.__setattr__(self, "_item", item)
         object.__setattr__(self, "feature", feature)
+        object.__setattr__(self, FINITE_PIXELS_ATTR, tuple(finite))
 
     def __getattr__(self, name):
         return getattr(object.__getattribute__(self, "_item"), name)
@@ -197,6 +202,8 @@ class _Restored:
 def _restore_tensor(pixels: torch.Tensor, positions, lut: torch.Tensor, where: str) -> torch.Tensor:
     if lut.numel() != CHANNELS * LEVELS:
         raise ValueError(f"{where}: {LUT_ATTR} has {lut.numel()} values, expected {CHANNELS} x {LEVELS}")
+    if not bool(torch.isfinite(lut).all()):
+        raise ValueError(f"{where}: {LUT_ATTR} holds non-finite values (NaN or inf)")
     if pixels.shape[-1] % CHANNELS:
         raise ValueError(f"{where}: {pixels.shape[-1]} values per patch is not a multiple of {CHANNELS}")
     if not isinstance(positions, torch.Tensor) or tuple(positions.shape) != tuple(pixels.shape[:-1]) + (2,):
@@ -213,7 +220,8 @@ def _restore_tensor(pixels: torch.Tensor, positions, lut: torch.Tensor, where: s
 
 def restore_pixel_values(items: Sequence[Any], position_attr: str = "image_position_ids") -> List[Any]:
     """Items whose uint8 pixels (with a table) are replaced by the float32 pixel
-    values the HF processor would have produced; other items as they are."""
+    values the HF processor would have produced; other items as they are.
+    An item with fewer position tensors than pixel tensors is an error."""
     out = []
     for idx, item in enumerate(items):
         feature = getattr(item, "feature", None)
@@ -231,10 +239,14 @@ def restore_pixel_values(items: Sequence[Any], position_attr: str = "image_posit
             feats = list(feature)
             poss = list(positions) if isinstance(positions, (list, tuple)) else [positions] * len(feats)
             single = False
-        restored = []
+            if len(poss) < len(feats):
+                raise ValueError(f"{where}: {len(feats)} pixel tensors but {len(poss)} {position_attr} "
+                                 "tensors (count mismatch; one per pixel tensor expected)")
+        restored, finite = [], []
         for t_idx, (f, p) in enumerate(zip(feats, poss)):
             if isinstance(f, torch.Tensor) and f.dtype == torch.uint8:
                 f = _restore_tensor(f, p, lut, where if single else f"{where} tensor {t_idx}")
+                finite.append(f)
             restored.append(f)
-        out.append(_Restored(item, restored[0] if single else restored))
+        out.append(_Restored(item, restored[0] if single else restored, finite))
     return out
