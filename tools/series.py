@@ -422,6 +422,21 @@ class Tree:
 # the series on disk
 
 
+RESULTS_DIR = "benchmark/gemma4/results"
+# A result a header cites: a path under benchmark/ or a bare result-file name (looked up in RESULTS_DIR).
+_CITED_RE = re.compile(r"(?<![\w./-])((?:benchmark/[\w./-]+|[\w.-]+)\.(?:md|json|txt|png))(?![\w/])")
+
+
+def missing_citations(patch: "Patch", root: Path) -> list:
+    """Result files the patch's header cites that the checkout does not have."""
+    missing = []
+    for cited in sorted(set(_CITED_RE.findall(patch.header))):
+        path = root / cited if "/" in cited else root / RESULTS_DIR / cited
+        if not path.is_file():
+            missing.append(cited)
+    return missing
+
+
 @dataclasses.dataclass
 class Series:
     root: Path
@@ -877,6 +892,10 @@ def main(argv=None) -> int:
             wheel = _wheel(args, series)
             with zipfile.ZipFile(wheel) as zf:
                 tree, patches = apply_series(series, zf)
+            cites = [f"{p.name} cites {c}" for p in patches for c in missing_citations(p, root)]
+            if cites:
+                raise SeriesError("a header cites a result file that does not exist: " + "; ".join(cites)
+                                  + f" (bare names are looked up in {RESULTS_DIR})")
             print(f"OK: {len(patches)} patches apply cleanly to {wheel.name}; {len(tree.changed)} files changed")
         elif args.cmd == "materialise":
             dest = Path(args.dest).resolve()

@@ -495,3 +495,18 @@ def test_build_records_the_series_commit(project):
     git(root, "checkout", "-q", "--", "python")
     (root / "patches/series").write_text("0001-good.patch\n# comment\n")
     assert _built_manifest(root, wheel)["series_commit"] == f"{head}-dirty"
+
+
+def test_check_refuses_a_header_citing_a_missing_result(project):
+    root, wheel = project
+    cited = GOOD_PATCH.replace(" Long text.\n", " Measured: ple_tail_h100.md and benchmark/gemma4/results/x_h200.json.\n")
+    (root / "patches/0001-good.patch").write_text(cited)
+    line = one_error_line(run(root, "check", wheel=wheel))
+    assert "0001-good.patch cites benchmark/gemma4/results/x_h200.json" in line
+    assert "0001-good.patch cites ple_tail_h100.md" in line
+    results = root / "benchmark/gemma4/results"
+    results.mkdir(parents=True)
+    (results / "ple_tail_h100.md").write_text("x\n")
+    (results / "x_h200.json").write_text("{}\n")
+    proc = run(root, "check", wheel=wheel)
+    assert proc.returncode == 0, proc.stderr
