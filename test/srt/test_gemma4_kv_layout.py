@@ -250,3 +250,42 @@ def test_pipeline_stage_without_the_owners_is_refused(geo):
     first = range(0, 21)
     swa, fl = owning_attention_layer_ids(mc, [i for i in first if i not in full], [i for i in first if i in full])
     assert swa == [i for i in range(15) if i not in full] and fl == [4, 9, 14]
+
+
+def test_pipeline_stages_keep_only_their_own_kv_shared_layers(geo, monkeypatch):
+    """E2B on 3 pipeline stages (sglang's own split of 35 layers: 0..10, 11..22, 23..34), through the
+    model runner's layer resolution. Only the KV-shared layers a stage holds decide which owners it
+    needs: stage 0 holds no shared layer (and neither owner 13 / 14) and keeps its layers as they are;
+    stage 1 holds the owners and drops its shared layers 15..22; stage 2 holds only shared layers, whose
+    owners live on stage 1, and is refused."""
+    from sglang.srt.arg_groups.model_override_base import model_config_of
+    from sglang.srt.distributed.utils import get_pp_indices
+    from sglang.srt.mem_cache.gemma4_kv_layout import owning_attention_layer_ids
+    from sglang.srt.model_executor.model_runner_components.layer_setup import resolve_layer_indices
+
+    monkeypatch.delenv("SGLANG_PP_LAYER_PARTITION", raising=False)
+    mc = model_config_of(_resolve(geo["e2b"]))
+    stages = [get_pp_indices(35, rank, 3) for rank in range(3)]
+    assert stages == [(0, 11), (11, 23), (23, 35)]
+
+    def stage(rank):
+        start, end = stages[rank]
+        runner_model = types.SimpleNamespace(start_layer=start, end_layer=end)
+        return resolve_layer_indices(model=runner_model, model_config=mc, is_draft_worker=False)
+
+    first = stage(0)
+    assert (first.start_layer, first.end_layer) == (0, 11)
+    assert first.full_attention_layer_ids == [4, 9]
+    assert first.swa_attention_layer_ids == [0, 1, 2, 3, 5, 6, 7, 8, 10]
+    middle = stage(1)
+    assert middle.full_attention_layer_ids == [14]
+    assert middle.swa_attention_layer_ids == [11, 12, 13]
+    with pytest.raises(ValueError, match="pipeline stage boundary") as err:
+        stage(2)
+    assert "[13, 14]" in str(err.value)
+    # The function itself, on a stage that ends before the owners (0..12): nothing to drop or refuse.
+    full = {4, 9, 14, 19, 24, 29, 34}
+    head = range(0, 13)
+    assert owning_attention_layer_ids(
+        mc, [i for i in head if i not in full], [i for i in head if i in full]
+    ) == ([0, 1, 2, 3, 5, 6, 7, 8, 10, 11, 12], [4, 9])

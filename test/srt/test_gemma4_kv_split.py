@@ -409,3 +409,112 @@ def test_declaration_is_checked_at_argument_resolution(geo, monkeypatch):
     resolve(geo["26b"], "--context-length", "9000")
     monkeypatch.delenv(ENV)
     resolve(geo["26b"], "--context-length", "9000")
+
+
+# --------------------------------------------------------------------------- exact choices (each pins one decision)
+
+
+def test_undeclared_length_serves_the_context_length_itself(geo):
+    """26B-A4B, --context-length 2560, 52 GiB: the never-fewer-than-0.8 scan ends AT the context length.
+
+    At 0.8 (302921 full / 242336 SWA tokens) a 2560-token request holds 2177 SWA rows (window tail 1153 +
+    locked prefix tail 1024), so 0.8 serves (242336 - 16385) // 2177 = 103 of them. Ratios above 0.8 serve
+    more short requests until the full pool binds at 2560 tokens: 0.93 keeps 264689 >= 103 x 2560 full rows.
+    0.934, which the mean gain prefers, keeps 263665: 103 requests of 2559 tokens, but only 102 of 2560. A
+    scan that stopped one length short of the context length took 0.934."""
+    from sglang.srt.mem_cache.gemma4_pool_sizing import serves_at_least
+
+    budget, extra = 52 * GIB, ("--context-length", "2560")
+    full, swa, conf, kvc = _sized(geo["26b"], budget, *extra)
+    ref_full, ref_swa = _fixed(geo["26b"], 0.8, budget, *extra)
+    assert (ref_full, ref_swa) == (302921, 242336)
+    assert conf.choice.lengths[0] == 1024 and conf.choice.lengths[-1] == 2560
+    judge = Judge(kvc)
+    assert judge.requests(2560, ref_full, ref_swa) == 103
+    # Every integer length of the range, the last one included.
+    for n in range(1024, 2561):
+        assert judge.requests(n, full, swa) >= judge.requests(n, ref_full, ref_swa), n
+    assert (conf.choice.ratio, full, swa) == (0.93, 264689, 246160)
+    assert judge.requests(2560, full, swa) == 103
+    # The exact scan itself: 0.934's pools pass up to 2559 tokens and fail at 2560.
+    model = conf.split_model(budget, 1)
+    short = model.pools(0.934)
+    assert short == (263665, 246263)
+    assert judge.requests(2559, *short) == 103 and judge.requests(2560, *short) == 102
+    assert serves_at_least(model, short, (ref_full, ref_swa), 1024, 2559)
+    assert not serves_at_least(model, short, (ref_full, ref_swa), 1024, 2560)
+
+
+def test_exact_tie_in_distance_from_08_goes_to_the_lower_ratio():
+    """Page rounding makes 0.8 itself a dip: at page 32 its SWA pool (14208) is smaller than at 0.799 and
+    0.801 (14240 each). 2000-token requests take 2032 SWA rows: 0.8 serves 14208 // 2032 = 6, 0.799 and
+    0.801 serve 7 (their full pools hold 8). 0.799 and 0.801 are exactly as far from 0.8 (the same float),
+    and serve the same requests: the first found (0.799, one page more of full rows) is kept; a later
+    candidate replaces the best only when strictly better."""
+    from sglang.srt.mem_cache.gemma4_pool_sizing import SplitModel, choose_split
+
+    m = SplitModel(
+        budget_bytes=1_518_338_048, full_cell=32768, swa_cell=65536, page_size=32, swa_per_request=1806,
+        prefix_tail_tokens=1024, chunk_reserve=0, context_len=262144, request_cap=48,
+    )
+    assert abs(0.799 - 0.8) == abs(0.801 - 0.8)
+    # full = budget // (32768 + r x 65536) rounded down to 32; SWA = int(full x r) rounded down to 32.
+    assert m.pools(0.799) == (17824, 14240) and m.pools(0.801) == (17792, 14240)
+    assert m.pools(0.8) == (17792, 14208)
+    assert m.swa_rows(2000) == 2032
+    assert [m.requests(2000, *m.pools(r)) for r in (0.798, 0.799, 0.8, 0.801, 0.802)] == [6, 7, 6, 7, 7]
+    assert max(m.requests(2000, *m.pools(k / 1000)) for k in range(1, 1001)) == 7
+    choice = choose_split(m, 2000)
+    assert (choice.ratio, choice.full_tokens, choice.swa_tokens) == (0.799, 17824, 14240)
+    assert choice.worst_gain == choice.mean_gain == 7 / 6
+
+
+def test_mtp_split_exact_pools_by_hand(geo):
+    """26B-A4B + FROZEN_KV MTP (48 requests), 60 GiB, no declared length: the exact pools.
+
+    From sglang's compute_swa_request_cap (page 1, window 1023): 1 request needs 17929 SWA rows,
+    2 need 19473, so a request's window tail is w = 1544 and the prefill chunks hold 17929 - 1544 = 16385.
+    With the radix cache each request also locks its prefix's window (1023 + 1). 48 long requests need
+    16385 + 48 x (1544 + 1024) = 139649 SWA rows (0.8, with 349525 full rows, serves 48 requests of every
+    length up to 349525 // 48 = 7281 tokens). The smallest ratio that still holds them leaves the most full
+    rows:
+      0.079: full = 64424509440 // (20480 + 0.079 x 204800) = 1757389, SWA = int(1757389 x 0.079) = 138833
+             < 139649: 47 requests;
+      0.080: full = 64424509440 // 36864 = 1747626, SWA = int(1747626 x 0.08) = 139810 >= 139649: 48.
+    (Chunks counted as one window tail more, 17929, would need 141193 and move the split to 0.082.)"""
+    from sglang.srt.model_executor.pool_configurator import compute_swa_request_cap
+
+    budget = 60 * GIB
+    full, swa, conf, kvc = _sized(geo["26b"], budget, *mtp_args(geo["26b_assistant"]))
+    caps = [compute_swa_request_cap(page_size=1, window=1023, attn_dp_size=1, max_running_requests=n)
+            for n in (1, 2, 48)]
+    assert caps == [17929, 19473, 16385 + 48 * 1544]
+    assert conf._full_cell_bytes() == 20480 and conf._swa_cell_bytes() == 204800
+    assert budget == 64424509440
+    assert (conf.choice.ratio, full, swa) == (0.08, 1747626, 139810)
+    judge = Judge(kvc)
+    assert (judge.per_request, judge.chunks, judge.tail) == (1544, 16385, 1024)
+    assert judge.requests(4096, full, swa) == 48
+    assert conf.split_model(budget, 1).pools(0.079) == (1757389, 138833)
+    assert judge.requests(4096, 1757389, 138833) == 47
+
+
+def test_serves_at_least_checks_the_last_length_by_hand():
+    """The exact scan compares every length up to AND including ``hi``. 2003 is prime, so a full pool of
+    10 x 2003 = 20030 rows and one of 20029 give the same full-pool bound at every length from 1024 to 2002
+    (no such length divides 20030) and differ only at 2003: 10 requests against 9. Two cases: 0.8's pools
+    bound there by their full pool (the SWA pool holds 200 long requests), and bound by both (10)."""
+    from sglang.srt.mem_cache.gemma4_pool_sizing import SplitModel, serves_at_least
+
+    m = SplitModel(
+        budget_bytes=1 << 30, full_cell=1, swa_cell=1, page_size=1, swa_per_request=500,
+        prefix_tail_tokens=0, chunk_reserve=0, context_len=2003, request_cap=1000,
+    )
+    for swa in (100_000, 5_000):
+        ref, pools = (20030, swa), (20029, swa)
+        short = [n for n in range(1024, 2004) if m.requests(n, *pools) < m.requests(n, *ref)]
+        assert short == [2003], swa
+        assert (m.requests(2003, *ref), m.requests(2003, *pools)) == (10, 9)
+        assert serves_at_least(m, pools, ref, 1024, 2002), swa
+        assert not serves_at_least(m, pools, ref, 1024, 2003), swa
+        assert serves_at_least(m, ref, ref, 1024, 2003)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -133,6 +135,59 @@ def interp():
             os.environ["TRITON_INTERPRET"] = old
         importlib.reload(importlib.import_module(NETWORK))
         importlib.reload(importlib.import_module(ROUTING))
+
+
+class _GuardedTorch:
+    """``torch`` as the interpreted network module sees it: ``torch.empty`` (the router's output
+    allocation) returns the head of a longer buffer whose tail holds a sentinel. Under the interpreter
+    the kernels store through raw host pointers, so a store past the [T, K] outputs (a store mask
+    wider than K) would corrupt the heap and abort the whole pytest run; here it lands in the tail,
+    and the test fails cleanly, naming the output."""
+
+    def __init__(self):
+        self.buffers = []
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    def empty(self, *size, dtype=None, device=None):
+        shape = tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list)) else size
+        count = 1
+        for dim in shape:
+            count *= int(dim)
+        dtype = dtype or torch.get_default_dtype()
+        sentinel = -1234.5 if dtype.is_floating_point else -7
+        # A row spills at most BLOCK_K (<= 1024) slots, a program at most BLOCK_T (<= 32) rows.
+        buffer = torch.full((2 * count + 4096,), sentinel, dtype=dtype, device=device)
+        self.buffers.append((shape, dtype, count, buffer, sentinel))
+        return buffer[:count].view(shape)
+
+    def spills(self):
+        out = []
+        for shape, dtype, count, buffer, sentinel in self.buffers:
+            written = int((buffer[count:] != sentinel).sum())
+            if written:
+                out.append(f"{written} value(s) written past the {dtype} output of shape {list(shape)}")
+        return out
+
+
+@pytest.fixture(autouse=True)
+def _outputs_guarded_under_interpreter(request):
+    """Interpreter tests (those using ``interp``) run with _GuardedTorch in the network module and
+    fail, after the test, if a kernel wrote past its outputs."""
+    if "interp" not in request.fixturenames:
+        yield
+        return
+    _, network = request.getfixturevalue("interp")
+    guarded, saved = _GuardedTorch(), network.torch
+    network.torch = guarded
+    try:
+        yield
+    finally:
+        network.torch = saved
+    spills = guarded.spills()
+    if spills:
+        pytest.fail("kernel stores outside the router outputs: " + "; ".join(spills[:5]))
 
 
 def test_installed_router_calls_the_network_module(interp):
@@ -489,3 +544,107 @@ def test_no_recompile_for_new_token_counts_gpu(method, kernel):
         network.gemma4_routing_forced_launch(x, s, 8, method=method)
         counts.append(_compiled_variants(kernel))
     assert counts[-1] == counts[0], f"compiled variants grew with T: {counts}"
+
+
+# ----------------------------------------------------------------------------------------------
+# CPU, in a child process: writes outside the [T, K] outputs.
+
+# The kernels write into caller-owned [T, K] views of longer buffers whose tails hold sentinels; a
+# kernel that stores past K slots of a row (e.g. the rounds kernel's store mask widened from K to
+# BLOCK_K) writes into the tail instead of over the heap. Run as a file (Triton reads kernel sources
+# from files) with TRITON_INTERPRET=1, in a child process: an out-of-bounds store through the public
+# entry (below the guarded calls) corrupts the interpreter's heap, which aborts the process; the test
+# then reports the exit status and stderr instead of losing the whole pytest run.
+_GUARDED_OUTPUTS_CHECK = """
+import importlib.util
+import sys
+
+import torch
+
+network_path, test_dir = sys.argv[1], sys.argv[2]
+spec = importlib.util.spec_from_file_location("gemma4_routing_network_interp", network_path)
+network = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(network)
+sys.path.insert(0, test_dir)
+from test_gemma4_routing import _scale, reference_routing, special_logits
+
+GUARD = 64  # > the BLOCK_K (<= 32) or L * SPL (<= 16) slots a row of these cases could spill
+W_SENTINEL, I_SENTINEL = -1234.5, -7
+# (kernel, E, K, T, launch): K below BLOCK_K (rounds: unrolled 8 and 4, rolled 32) or below the
+# lanes' 8 slots (network: 16 lanes of one slot each at G=1, 4 lanes of two at G=2).
+CASES = [
+    ("rounds", 24, 5, 11, (4, 1, 2)),
+    ("rounds", 128, 3, 9, (1, 1, 1)),
+    ("rounds", 128, 17, 5, (2, 1, 1)),
+    ("network", 128, 5, 7, 1),
+    ("network", 30, 7, 9, 2),
+]
+problems = []
+for kind, num_experts, topk, num_tokens, launch in CASES:
+    x = special_logits(num_tokens, num_experts, torch.bfloat16, seed=num_experts + topk)
+    s = _scale(num_experts)
+    n = num_tokens * topk
+    w = torch.full((n + GUARD,), W_SENTINEL, dtype=torch.float32)
+    i = torch.full((n + GUARD,), I_SENTINEL, dtype=torch.int32)
+    weights, ids = w[:n].view(num_tokens, topk), i[:n].view(num_tokens, topk)
+    if kind == "rounds":
+        network._rounds_launch(x, s, topk, *launch, weights, ids)
+    else:
+        network._network_launch(x, s, topk, launch, weights, ids)
+    name = f"{kind} E={num_experts} K={topk} T={num_tokens} launch={launch}"
+    spilled = int((w[n:] != W_SENTINEL).sum()) + int((i[n:] != I_SENTINEL).sum())
+    if spilled:
+        problems.append(f"{name}: {spilled} value(s) written past the [T, K] outputs")
+    ref_w, ref_ids = reference_routing(x, s, topk)
+    if not torch.equal(ids, ref_ids):
+        problems.append(f"{name}: ids differ from the reference")
+    else:
+        bad = (~torch.isclose(weights, ref_w, rtol=1e-6, atol=0.0, equal_nan=True)).nonzero().tolist()
+        if bad:
+            t, k = bad[0]
+            problems.append(f"{name}: {len(bad)} weights differ from the reference, e.g. [{t}, {k}]: "
+                            f"got {weights[t, k].item()!r}, want {ref_w[t, k].item()!r}")
+    print(name, "checked", flush=True)
+for problem in problems:
+    print("PROBLEM", problem, flush=True)
+# The same cases through the public entry (outputs it allocates itself).
+for kind, num_experts, topk, num_tokens, launch in CASES:
+    x = special_logits(num_tokens, num_experts, torch.bfloat16, seed=num_experts + topk)
+    s = _scale(num_experts)
+    if kind == "rounds":
+        block_t, num_warps, chunks = launch
+        out = network.gemma4_routing_forced_launch(x, s, topk, block_t=block_t,
+                                                    num_warps=num_warps, chunks=chunks)
+    else:
+        out = network.gemma4_routing_forced_launch(x, s, topk, groups=launch)
+    ref_w, ref_ids = reference_routing(x, s, topk)
+    if not (torch.equal(out[1], ref_ids)
+            and torch.allclose(out[0], ref_w, rtol=1e-6, atol=0.0, equal_nan=True)):
+        print("PROBLEM", kind, num_experts, topk, "differs from the reference (public entry)",
+              flush=True)
+        problems.append(kind)
+print("ok" if not problems else "FAILED")
+sys.exit(1 if problems else 0)
+"""
+
+
+def test_outputs_stay_inside_their_rows_cpu(tmp_path):
+    """Both kernels with K below their padded slot count write exactly the [T, K] outputs and match
+    the reference, under the interpreter in a child process (a crash there fails this test with the
+    child's exit status and stderr)."""
+    # The installed file, found without importing sglang (its package import takes seconds).
+    (package_dir,) = importlib.util.find_spec("sglang").submodule_search_locations
+    network_path = Path(package_dir, *NETWORK.split(".")[1:]).with_suffix(".py")
+    assert network_path.is_file(), network_path
+    script = tmp_path / "routing_guarded_outputs.py"
+    script.write_text(_GUARDED_OUTPUTS_CHECK)
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run(
+        [sys.executable, str(script), str(network_path), str(Path(__file__).resolve().parent)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), (
+        f"child exited with status {proc.returncode}"
+        + (f" (signal {-proc.returncode})" if proc.returncode < 0 else "")
+        + f"\n--- stdout ---\n{proc.stdout[-3000:]}\n--- stderr ---\n{proc.stderr[-3000:]}"
+    )
