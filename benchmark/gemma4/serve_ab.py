@@ -27,7 +27,9 @@ Protocol of ``run``:
 * From each server's log: the full/SWA pool tokens ("Use sliding window memory pool"), the scheduler's
   max_total_num_tokens / max_running_requests / context_len / available memory line, the "Gemma-4 series"
   line and any "Gemma-4 KV split:" lines; per pass (log byte range recorded) the serving-time compile lines
-  ("Triton kernel 'X' took N s to compile after serving started"). Absent lines are recorded as None.
+  ("Triton kernel 'X' took N s to compile after serving started") and the most running requests its
+  "Decode batch, #running-req: N" lines report (logged every --decode-log-interval decode steps, so a sampled
+  peak). Absent lines are recorded as None.
 * The JSON (``--out DIR``, ``--name serve_ab...``) is rewritten atomically after every pass, so a run that is
   killed part-way leaves every finished pass on disk; the markdown table is written once the run is done.
   Each cell: median and [min-max] over the timed repeats, and n; "hint" marks fewer than 3 repeats.
@@ -234,6 +236,16 @@ _COMPILE_RE = re.compile(r"Triton kernel '(.+?)' took ([\d.]+) s to compile afte
 def compile_lines(text: str) -> List[Dict[str, Any]]:
     """Serving-time Triton compile lines in ``text``: kernel name and seconds."""
     return [{"kernel": m.group(1), "seconds": float(m.group(2))} for m in _COMPILE_RE.finditer(text)]
+
+
+_RUNNING_RE = re.compile(r"Decode batch\b[^\n]*?#running-req: (\d+)")
+
+
+def peak_running_requests(text: str) -> Optional[int]:
+    """The most running requests any "Decode batch" line of ``text`` reports (the scheduler logs one every
+    --decode-log-interval decode steps, so this is a sampled peak); None without such lines."""
+    counts = [int(m.group(1)) for m in _RUNNING_RE.finditer(text)]
+    return max(counts) if counts else None
 
 
 def parse_server_log(text: str) -> Dict[str, Any]:
@@ -906,7 +918,7 @@ def run_pass(plan: Plan, server: Server, engine: str, wl: Workload, profile: str
         "engine": engine, "workload": wl.name, "profile": profile, "kind": kind, "rep": rep, "seed": seed,
         "num_prompts": prompts, "status": "running", "error": None, "bench_cmd": cmd,
         "bench_log": os.path.relpath(log_path, plan.log_dir), "flush_status": None,
-        "log_range": None, "compile_lines": [], "wall_s": None, "result": None,
+        "log_range": None, "compile_lines": [], "peak_running_requests": None, "wall_s": None, "result": None,
     }
     recorder.doc["runs"].append(rec)
     try:
@@ -941,7 +953,9 @@ def run_pass(plan: Plan, server: Server, engine: str, wl: Workload, profile: str
                     proc.wait(timeout=30)
                 end = _log_size(server.log_path)
                 rec["log_range"] = [start, end]
-                rec["compile_lines"] = compile_lines(read_log(server.log_path, start, end))
+                pass_log = read_log(server.log_path, start, end)
+                rec["compile_lines"] = compile_lines(pass_log)
+                rec["peak_running_requests"] = peak_running_requests(pass_log)
                 rec["wall_s"] = time.monotonic() - t0
         result = _read_result(out_file)
         if proc.returncode != 0 or result is None:
@@ -1191,16 +1205,19 @@ def render_markdown(doc: Dict[str, Any]) -> str:
         if not engines:
             continue
         lines += ["", f"Server of `{wl}`:", "",
-                  "| engine | full tokens | SWA tokens | max_running_requests | compile lines warm-up | "
-                  "compile lines timed | ready s |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| engine | full tokens | SWA tokens | max_running_requests | peak running, timed passes | "
+                  "compile lines warm-up | compile lines timed | ready s |",
+                  "|---|---|---|---|---|---|---|---|"]
         for e in engines:
             s = _server_for(doc, e, wl) or {}
             info = s.get("log_info") or {}
             runs = [r for r in doc["runs"] if r["workload"] == wl and r["engine"] == e]
             cw = sum(len(r["compile_lines"]) for r in runs if r["kind"] == "warmup")
             ct = sum(len(r["compile_lines"]) for r in runs if r["kind"] == "timed")
+            peaks = [r.get("peak_running_requests") for r in runs if r["kind"] == "timed"]
+            peaks = [p for p in peaks if p is not None]
             facts = [info.get(k) for k in ("full_layer_tokens", "swa_layer_tokens", "max_running_requests")]
+            facts.append(max(peaks) if peaks else None)
             lines.append(f"| {e} | " + " | ".join("-" if v is None else str(v) for v in facts)
                          + f" | {cw} | {ct} | {_fmt(s.get('ready_s'))} |")
     lines += ["", "Engines:"]

@@ -149,6 +149,8 @@ def _standin_main(argv):
                 k = state["requests"]
             digest = hashlib.sha1(json.dumps(body["messages"], sort_keys=True).encode()).hexdigest()[:16]
             log(f"stand-in request {k} hash {digest}")
+            # as sglang's scheduler logs it: here, the requests since the last flush
+            log(f"Decode batch, #running-req: {state['since_flush']}, #token: 0, token usage: 0.00, ")
             if ns.mode == "die-on-request" and k > ns.die_after:
                 os._exit(7)
             if k in compile_at:
@@ -397,14 +399,18 @@ def _doc(tmp_path, name="serve_ab", out="out"):
     return json.loads((tmp_path / out / f"{name}.json").read_text())
 
 
-def _pass_hashes(tmp_path, doc, run):
-    """Request hashes the stand-in logged while this pass ran (from the pass's recorded log byte range)."""
+def _pass_log(doc, run):
+    """What the stand-in server logged while this pass ran (from the pass's recorded log byte range)."""
     srv = next(s for s in doc["servers"] if s["engine"] == run["engine"] and s["profile"] == run["profile"])
     a, b = run["log_range"]
     with open(os.path.join(doc["meta"]["log_dir"], srv["log"]), "rb") as f:
         f.seek(a)
-        text = f.read(b - a).decode()
-    return {ln.split(" hash ")[1].strip() for ln in text.splitlines() if "stand-in request" in ln}
+        return f.read(b - a).decode()
+
+
+def _pass_hashes(tmp_path, doc, run):
+    """Request hashes the stand-in logged while this pass ran."""
+    return {ln.split(" hash ")[1].strip() for ln in _pass_log(doc, run).splitlines() if "stand-in request" in ln}
 
 
 def _runs(doc, engine, workload, kind=None):
@@ -480,6 +486,17 @@ max_running_requests=48, context_len=131072, available_gpu_mem=12.50 GB
 [2026-12-01 10:00:09 TP0] Triton kernel 'fused_moe_kernel' took 3.21 s to compile after serving started. \
 Serving-time compilation can stall the engine; pre-compile it during engine init.
 """
+
+
+def test_peak_running_requests_from_decode_lines():
+    text = (
+        "[2026-12-06 12:10:41 TP0] Decode batch, #running-req: 48, #token: 4000, token usage: 0.01, \n"
+        "[2026-12-06 12:10:42 TP0] Prefill batch, #new-seq: 2, #running-req: 99, \n"  # not a decode line
+        "[2026-12-06 12:10:43 TP0] Decode batch [123], #running-req: 80, #token: 9000, \n"
+        "[2026-12-06 12:10:44 TP0] Decode batch, #running-req: 7, #token: 100, \n"
+    )
+    assert sab.peak_running_requests(text) == 80
+    assert sab.peak_running_requests(_LOG) is None
 
 
 def test_parse_server_log_reads_pools_scheduler_series_and_compiles():
@@ -680,6 +697,10 @@ def test_abba_warmup_repeats_and_log_facts(tiny_dir, tmp_path, client_python):
             assert [c["kernel"] for c in warm["compile_lines"]] == ["stand_in_kernel_r2"]
             assert [[c["kernel"] for c in r["compile_lines"]] for r in timed] == [[], ["stand_in_kernel_r9"]]
             assert warm["compile_lines"][0]["seconds"] == 1.25
+            # each pass starts from a flushed cache: its sampled peak is its own request count
+            for r in [warm] + timed:
+                sent = _pass_log(doc, r).count("stand-in request ")
+                assert r["peak_running_requests"] == sent >= r["num_prompts"]
         assert all(r["compile_lines"] == [] for r in _runs(doc, eng, "images"))
 
     # No two passes on a server sent the same prompt; both engines got the same prompts in the same pass.
@@ -716,8 +737,13 @@ def test_abba_warmup_repeats_and_log_facts(tiny_dir, tmp_path, client_python):
     assert "| workload | metric | upstream | patched | ratio | spread |" in md
     line = next(ln for ln in md.splitlines() if ln.startswith("| chat | median TPOT (ms) |"))
     assert "n=2 hint" in line and f"{tpot['ratio']:.2f}x" in line and "outside spread (hint)" in line
-    assert "| upstream | 3337548 | 2670038 | 48 | 1 | 1 |" in md
-    assert "| patched | 7787613 | 6230090 | 48 | 0 | 0 |" in md  # images: compiles fell in chat's passes
+    def peak(engine, wl):
+        return max(r["peak_running_requests"] for r in _runs(doc, engine, wl, "timed"))
+
+    assert f"| upstream | 3337548 | 2670038 | 48 | {peak('upstream', 'chat')} | 1 | 1 |" in md
+    # images: compiles fell in chat's passes
+    assert f"| patched | 7787613 | 6230090 | 48 | {peak('patched', 'images')} | 0 | 0 |" in md
+    assert "| engine | full tokens | SWA tokens | max_running_requests | peak running, timed passes |" in md
     assert "?" not in md.splitlines()[0]
 
 
@@ -815,7 +841,10 @@ def test_merge_two_single_engine_files(tiny_dir, tmp_path, client_python):
     assert rows["median_tpot_ms"]["spread"] == "outside spread"
     line = next(ln for ln in md.splitlines() if ln.startswith("| chat | median TPOT (ms) |"))
     assert f"{u_tpot / p_tpot:.2f}x" in line and "outside spread (hint)" in line
-    assert "| upstream | - | - | - | 0 | 0 |" in md and "| patched | - | - | - | 0 | 0 |" in md
+    peaks = {e: max(r["peak_running_requests"] for r in m["runs"] if r["engine"] == e and r["kind"] == "timed")
+             for e in ("upstream", "patched")}
+    assert f"| upstream | - | - | - | {peaks['upstream']} | 0 | 0 |" in md
+    assert f"| patched | - | - | - | {peaks['patched']} | 0 | 0 |" in md
     assert "serve_ab_upstream.json (complete)" in md and "serve_ab_patched.json (complete)" in md
 
     def refuse(mutate, expect):
@@ -903,7 +932,9 @@ def test_real_bench_serving(tiny_dir, tmp_path):
     assert doc["servers"][0]["log_info"]["full_layer_tokens"] == POOLS["patched"][0]
     assert doc["meta"]["commit_source"] == "git checkout"
     assert md.splitlines()[0].startswith(f"# bench_serving A/B: patched: sglang {INSTALLED} (series ")
-    assert "n=1 hint" in md and "| patched | 7787613 | 6230090 | 4096 | 1 | 0 |" in md
+    timed_peak = doc["runs"][1]["peak_running_requests"]
+    assert timed_peak == _pass_log(doc, doc["runs"][1]).count("stand-in request ") >= 3
+    assert "n=1 hint" in md and f"| patched | 7787613 | 6230090 | 4096 | {timed_peak} | 1 | 0 |" in md
 
 
 # ---------------------------------------------------------------------------------------------------------
