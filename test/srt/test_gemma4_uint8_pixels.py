@@ -268,16 +268,15 @@ def tiny_model():
     rope_base._is_cpu = saved
 
 
-@pytest.mark.parametrize("backend", ["torchvision", "pil"])
-def test_soft_tokens_unchanged(gpt, tiny_model, backend):
+def _paired_items(gpt, ip, sizes, seed):
+    """The same seeded images as two lists of items: float32 pixels as transformers makes them, and uint8
+    patches with the processor's value table as the series sends them."""
     from sglang.srt.managers.schedule_batch import Modality, MultimodalDataItem
 
-    # the tiny tower's geometry: 4x4 patches, 3x3 pooling, 70 soft tokens (630 patches) per image
-    ip = _processors(patch_size=4, max_soft_tokens=70)[backend]
     lut = gpt.pixel_lut(ip).unsqueeze(0)
     float_items, uint8_items = [], []
-    for i, size in enumerate([(96, 96), (40, 130), (150, 60), (84, 120)]):
-        img = _image(*size, seed=40 + i)
+    for i, size in enumerate(sizes):
+        img = _image(*size, seed=seed + i)
         ref = ip(images=[img], return_tensors="pt")
         raw = ip(images=[img], do_rescale=False, do_normalize=False, return_tensors="pt")
         a = MultimodalDataItem(modality=Modality.IMAGE, feature=ref["pixel_values"])
@@ -287,6 +286,14 @@ def test_soft_tokens_unchanged(gpt, tiny_model, backend):
         b.set(gpt.LUT_ATTR, lut)
         float_items.append(a)
         uint8_items.append(b)
+    return float_items, uint8_items
+
+
+@pytest.mark.parametrize("backend", ["torchvision", "pil"])
+def test_soft_tokens_unchanged(gpt, tiny_model, backend):
+    # the tiny tower's geometry: 4x4 patches, 3x3 pooling, 70 soft tokens (630 patches) per image
+    ip = _processors(patch_size=4, max_soft_tokens=70)[backend]
+    float_items, uint8_items = _paired_items(gpt, ip, [(96, 96), (40, 130), (150, 60), (84, 120)], seed=40)
     assert any(bool((it.image_position_ids == -1).any()) for it in float_items)  # padding present
     with torch.no_grad():
         want = tiny_model.get_image_feature(float_items)
@@ -303,23 +310,10 @@ def test_soft_tokens_unchanged(gpt, tiny_model, backend):
 def test_only_float_pixels_are_scanned_for_non_finite_values(gpt, tiny_model, monkeypatch):
     """uint8 pixels rebuilt through a finite table cannot be NaN / inf: they are not scanned (no extra pass or
     host sync on the default path); float32 pixels are, and NaN among them is a clear error."""
-    from sglang.srt.managers.schedule_batch import Modality, MultimodalDataItem
     from sglang.srt.models import gemma4_vision_batching as vb
 
     ip = _processors(patch_size=4, max_soft_tokens=70)["torchvision"]
-    lut = gpt.pixel_lut(ip).unsqueeze(0)
-    float_items, uint8_items = [], []
-    for i, size in enumerate([(96, 96), (40, 130)]):
-        img = _image(*size, seed=60 + i)
-        ref = ip(images=[img], return_tensors="pt")
-        raw = ip(images=[img], do_rescale=False, do_normalize=False, return_tensors="pt")
-        a = MultimodalDataItem(modality=Modality.IMAGE, feature=ref["pixel_values"])
-        a.set("image_position_ids", ref["image_position_ids"])
-        b = MultimodalDataItem(modality=Modality.IMAGE, feature=raw["pixel_values"])
-        b.set("image_position_ids", raw["image_position_ids"])
-        b.set(gpt.LUT_ATTR, lut)
-        float_items.append(a)
-        uint8_items.append(b)
+    float_items, uint8_items = _paired_items(gpt, ip, [(96, 96), (40, 130)], seed=60)
     scanned = []
     real = vb._non_finite_problems
     monkeypatch.setattr(vb, "_non_finite_problems", lambda checked: scanned.append(len(checked)) or real(checked))

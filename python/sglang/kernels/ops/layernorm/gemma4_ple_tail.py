@@ -61,6 +61,14 @@ def _tanh(x, EMULATE: tl.constexpr):
 
 
 @triton.jit
+def _rms_normed(x, w, H, eps, dtype: tl.constexpr, EMULATE: tl.constexpr):
+    """rmsnorm of one fp32 row as sglang's RMSNorm kernels compute it, (x * rrms) * w, rounded to dtype
+    and handed back as fp32."""
+    rrms = tl.rsqrt(tl.sum(x * x, axis=0) / H + eps)
+    return _rnd(x * rrms * w, dtype, EMULATE).to(tl.float32)
+
+
+@triton.jit
 def _ple_pre_kernel(x_ptr, r_ptr, w_ptr, h_ptr, H, stride_x, stride_r, stride_h, eps,
                     BLOCK: tl.constexpr, EMULATE: tl.constexpr):
     """h = rmsnorm(x, w) + r for one row (the norm's output rounded, then the sum)."""
@@ -71,8 +79,7 @@ def _ple_pre_kernel(x_ptr, r_ptr, w_ptr, h_ptr, H, stride_x, stride_r, stride_h,
     x = tl.load(x_ptr + row * stride_x + cols, mask=m, other=0.0).to(tl.float32)
     r = tl.load(r_ptr + row * stride_r + cols, mask=m, other=0.0).to(tl.float32)
     w = tl.load(w_ptr + cols, mask=m, other=0.0).to(tl.float32)
-    rrms = tl.rsqrt(tl.sum(x * x, axis=0) / H + eps)
-    normed = _rnd(x * rrms * w, dtype, EMULATE).to(tl.float32)
+    normed = _rms_normed(x, w, H, eps, dtype, EMULATE)
     tl.store(h_ptr + row * stride_h + cols, _rnd(normed + r, dtype, EMULATE), mask=m)
 
 
@@ -104,8 +111,7 @@ def _ple_post_kernel(c_ptr, h_ptr, w_ptr, s_ptr, out_ptr, H, stride_c, stride_h,
     h = tl.load(h_ptr + row * stride_h + cols, mask=m, other=0.0).to(tl.float32)
     w = tl.load(w_ptr + cols, mask=m, other=0.0).to(tl.float32) + shift
     s = tl.load(s_ptr).to(tl.float32)
-    rrms = tl.rsqrt(tl.sum(c * c, axis=0) / H + eps)
-    normed = _rnd(c * rrms * w, dtype, EMULATE).to(tl.float32)
+    normed = _rms_normed(c, w, H, eps, dtype, EMULATE)
     summed = _rnd(h + normed, dtype, EMULATE).to(tl.float32)
     tl.store(out_ptr + row * stride_o + cols, _rnd(summed * s, dtype, EMULATE), mask=m)
 
