@@ -1038,8 +1038,7 @@ MAX_MEM_FRACTION = 0.88
 
 def _weight_bytes(geom: ModelGeom) -> float:
     """bf16 bytes of the text model's weights (every expert, the PLE table included)."""
-    c = parameter_counts(geom)
-    n = sum(v for k, v in c.items())
+    n = sum(parameter_counts(geom).values())
     if geom.ple_dim:
         n += geom.vocab * geom.num_layers * geom.ple_dim
     return n * BF16
@@ -1072,15 +1071,16 @@ def size_run(geom: ModelGeom, sizes: Sequence[int], context: int, steps: int, ca
         b = kept[-1]
         headroom = max(6 * GIB, b * context * act_tok)
         frac = mem_fraction if mem_fraction is not None else min(MAX_MEM_FRACTION, 1.0 - headroom / card_bytes)
-        need = weights + 1.1 * kv_tok * b * per_req + GIB
+        kv = kv_tok * b * per_req
+        need = weights + 1.1 * kv + GIB
         room = mem_fraction is None or (1.0 - mem_fraction) * card_bytes >= headroom  # else frac leaves it
         if frac > 0 and need <= frac * card_bytes and room:
             ctx_len = max(4096, -(-(per_req + 64) // 1024) * 1024)
             return {"mem_fraction": round(frac, 3) if mem_fraction is None else mem_fraction, "kept": kept,
                     "skipped": skipped, "context_length": ctx_len, "weights_gib": weights / GIB,
-                    "kv_gib": kv_tok * b * per_req / GIB, "prefill_headroom_gib": headroom / GIB}
+                    "kv_gib": kv / GIB, "prefill_headroom_gib": headroom / GIB}
         skipped[b] = (f"{b} requests x {per_req} tokens need {weights / GIB:.1f} GiB of weights + "
-                      f"{kv_tok * b * per_req / GIB:.1f} GiB of KV in the static part and {headroom / GIB:.1f} GiB "
+                      f"{kv / GIB:.1f} GiB of KV in the static part and {headroom / GIB:.1f} GiB "
                       f"for the prefill outside it; the card has {card_bytes / GIB:.1f} GiB"
                       + (f" (mem fraction {mem_fraction} given)" if mem_fraction is not None else ""))
         kept.pop()

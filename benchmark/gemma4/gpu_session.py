@@ -258,8 +258,8 @@ def wait(out: str, seconds: float, poll: float = 5.0) -> int:
         status = read_status(out)
         if status.get("done"):
             break
-        if status and not _alive(status.get("pid")):
-            print(describe(read_status(out)))
+        if not _alive(status.get("pid")):
+            print(describe(status))
             print(f"error: the plan runner (pid {status.get('pid')}) is gone but the plan is not done; "
                   f"see {os.path.join(out, 'session.log')}", file=sys.stderr)
             return 1
