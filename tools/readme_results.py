@@ -235,6 +235,50 @@ def gen_ple_tail() -> List[str]:
             *_table(["model", "rows", "0.5.23 ops us", "series us", "speed-up", "elements equal to 0.5.23's"], rows)]
 
 
+# --------------------------------------------------------------------------- decode KV splits (0051)
+
+# (result file, model, KV-split cap as run): profiles of one H100 hold, the cap set by
+# SGLANG_GEMMA4_TRITON_KV_SPLITS (0 = 0.5.23's 8) in gpu_plans/decode_splits.json
+KV_SPLIT_PROFILES = [
+    ("decode_profile_e2b_stock_h100_kvsplits.json", "E2B", "stock (8)"),
+    ("decode_profile_e2b_patched_h100_kvsplits8.json", "E2B", "series, cap 8"),
+    ("decode_profile_e2b_patched_h100_kvsplits32.json", "E2B", "series, cap 32"),
+    ("decode_profile_e2b_patched_h100_16k_kvsplits8.json", "E2B", "series, cap 8"),
+    ("decode_profile_e2b_patched_h100_16k_kvsplits32.json", "E2B", "series, cap 32"),
+    ("decode_profile_e2b_patched_h100_16k_kvsplits64.json", "E2B", "series, cap 64"),
+    ("decode_profile_26b-a4b_patched_h100_kvsplits8.json", "26B-A4B", "series, cap 8"),
+    ("decode_profile_26b-a4b_patched_h100_kvsplits32.json", "26B-A4B", "series, cap 32"),
+]
+
+
+def gen_decode_kv_splits() -> List[str]:
+    rows, devices, dates = [], set(), set()
+    for name, model, label in KV_SPLIT_PROFILES:
+        doc = _load(name)
+        devices.add(doc["meta"]["device"])
+        dates.add(doc["meta"]["date"][:10])
+        for b in doc["batches"]:
+            fam = b["attribution"]["families"]
+            full, swa = fam["attn_full"]["us_per_step"], fam["attn_sliding"]["us_per_step"]
+            rows.append([model, f"{b['context_mean']:.0f}", label, str(b["batch_size"]), f"{full:.0f}", f"{swa:.0f}",
+                         f"{b['attribution']['kernel_us_per_step'] / 1000:.3f}",
+                         f"{b['forward_device_ms_median']:.3f}"])
+    return [f"{', '.join(sorted(devices))}, {', '.join(sorted(dates))}, one hold, one_batch decode steps with CUDA "
+            "graphs, dummy weights; attention = Triton stage 1 + stage 2 per step, kernel sum from the profiler, "
+            "forward from CUDA events (median of 10) ([session](benchmark/gemma4/results/gpu_session_h100_2026-12-06.md)).",
+            "", *_table(["model", "context", "engine, KV-split cap", "requests", "full-layer attention us",
+                         "sliding attention us", "kernels ms", "forward ms"], rows)]
+
+
+# --------------------------------------------------------------------------- end to end on an H100 (E2B decode)
+
+
+def gen_serve_h100_decode() -> List[str]:
+    chat, single = _load("serve_ab_h100_e2b_chat.json"), _load("serve_ab_h100_e2b_sum_c1.json")
+    return [*serve_ab_table(chat, "E2B"), *serve_ab_table(single, "E2B")[2:], "",
+            *serve_ab_pools(chat, "E2B")]
+
+
 GENERATORS: Dict[str, Callable[[], List[str]]] = {
     "pool_summary": gen_pool_summary,
     "pool_expected": gen_pool_expected,
@@ -245,6 +289,8 @@ GENERATORS: Dict[str, Callable[[], List[str]]] = {
     "probe": gen_probe,
     "decode_floor": gen_decode_floor,
     "ple_tail": gen_ple_tail,
+    "decode_kv_splits": gen_decode_kv_splits,
+    "serve_h100_decode": gen_serve_h100_decode,
 }
 
 
