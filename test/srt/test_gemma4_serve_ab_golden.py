@@ -1,0 +1,93 @@
+"""benchmark/gemma4/serve_ab.py reports, byte for byte: the markdown and JSON of one run and of one merge.
+
+The inputs (test/srt/data/serve_ab_golden/serve_ab_*.json) are run files that serve_ab wrote against the
+stand-in server and client of test_gemma4_e2e_serve_ab.py (two workloads with MTP on both engines, and one
+single-engine run per engine), with their paths replaced and a few facts edited so that the report shows more
+of its cases (a stock engine, an uncommitted checkout, inputs from different devices, an interrupted input).
+The expected outputs beside them (expected/) were written by the report code these tests guard; any change of
+the report's formatting or of its summary arithmetic changes them.
+
+To regenerate after an intended change of the report: SERVE_AB_GOLDEN_UPDATE=1 pytest this file, then review
+the diff of expected/.
+"""
+
+import importlib.util
+import json
+import os
+import shutil
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SERVE_AB = os.path.join(REPO, "benchmark", "gemma4", "serve_ab.py")
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "serve_ab_golden")
+EXPECTED = os.path.join(DATA, "expected")
+UPDATE = os.environ.get("SERVE_AB_GOLDEN_UPDATE") == "1"
+MERGE_DATE = "2026-12-06 15:00 UTC"
+
+
+def _load_serve_ab():
+    name = "serve_ab_golden_under_test"
+    spec = importlib.util.spec_from_file_location(name, SERVE_AB)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+sab = _load_serve_ab()
+
+
+def _compare(out_dir, names):
+    for name in names:
+        got = open(os.path.join(out_dir, name), "rb").read()
+        want_path = os.path.join(EXPECTED, name)
+        if UPDATE:
+            os.makedirs(EXPECTED, exist_ok=True)
+            shutil.copy(os.path.join(out_dir, name), want_path)
+            continue
+        want = open(want_path, "rb").read()
+        assert got == want, f"{name} differs from {want_path}"
+
+
+def test_run_report_is_unchanged(tmp_path):
+    doc = json.load(open(os.path.join(DATA, "serve_ab_both.json")))
+    md = sab.render_markdown(doc)
+    jpath, mpath = sab.write_outputs(str(tmp_path), "serve_ab_both", doc, md)
+    assert (jpath, mpath) == (str(tmp_path / "serve_ab_both.json"), str(tmp_path / "serve_ab_both.md"))
+    _compare(str(tmp_path), ["serve_ab_both.md", "serve_ab_both.json"])
+
+
+def test_merge_report_is_unchanged(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sab.stamp, "utc_now", lambda: MERGE_DATE)
+    monkeypatch.chdir(DATA)  # the inputs are named as given, relative to here
+    rc = sab.main(["merge", "serve_ab_upstream.json", "serve_ab_patched.json", "--out", str(tmp_path),
+                   "--name", "serve_ab_golden_merged"])
+    assert rc == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    md = (tmp_path / "serve_ab_golden_merged.md").read_text()
+    assert out.startswith(md)  # the command prints the table it wrote
+    _compare(str(tmp_path), ["serve_ab_golden_merged.md", "serve_ab_golden_merged.json"])
+
+
+def test_merge_report_with_take_is_unchanged(tmp_path, monkeypatch, capsys):
+    """--take keeps some passes of a file that holds both engines."""
+    monkeypatch.setattr(sab.stamp, "utc_now", lambda: MERGE_DATE)
+    both = json.load(open(os.path.join(DATA, "serve_ab_both.json")))
+    other = dict(both, meta=dict(both["meta"], device="NVIDIA H200, 143771 MiB", commit="abc1234"))
+    (tmp_path / "serve_ab_other.json").write_text(json.dumps(other))
+    shutil.copy(os.path.join(DATA, "serve_ab_both.json"), tmp_path)
+    monkeypatch.chdir(tmp_path)
+    rc = sab.main(["merge", "serve_ab_both.json", "serve_ab_other.json", "--out", "out",
+                   "--name", "serve_ab_golden_take", "--take", "serve_ab_both.json=upstream:chat",
+                   "--take", "serve_ab_other.json=patched:chat,patched:images-nocache"])
+    assert rc == 0, capsys.readouterr().err
+    _compare(str(tmp_path / "out"), ["serve_ab_golden_take.md", "serve_ab_golden_take.json"])
+
+
+@pytest.mark.skipif(UPDATE, reason="regenerating")
+def test_expected_files_are_committed():
+    names = sorted(os.listdir(EXPECTED))
+    assert names == sorted(f"serve_ab_{n}.{ext}" for n in ("both", "golden_merged", "golden_take")
+                           for ext in ("json", "md"))
