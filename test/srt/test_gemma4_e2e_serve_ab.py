@@ -608,6 +608,8 @@ def test_version_and_commit_come_from_the_manifest_outside_a_checkout(tiny_dir, 
     shutil.copy(SERVE_AB, copy)
     for helper in ("stamp.py", "kv_budget.py"):  # the modules serve_ab.py imports from its folder
         shutil.copy(os.path.join(os.path.dirname(SERVE_AB), helper), copy.parent)
+    shutil.copytree(os.path.join(os.path.dirname(SERVE_AB), "benchkit"), copy.parent / "benchkit",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     manifest = {"upstream": "sglang==0.5.23", "version": "0.5.23+gemma4.7", "series_commit": "c0ffee1",
                 "patches": [{"name": "0001-gemma4-series-manifest.patch"}, {"name": "0010-x.patch"}]}
     patched = _fake_engine(tmp_path / "patched", "0.5.23+gemma4.7", manifest)
