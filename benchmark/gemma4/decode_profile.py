@@ -157,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sglang server arguments (default: %(default)s); --cuda-graph-bs-decode is added")
     r.add_argument("--extra-server-args", default="", help="appended to --server-args")
     r.add_argument("--engine-label", default=None, help="stock | patched (default: from the installed sglang)")
-    r.add_argument("--bw", type=float, default=H200_COPY_BYTES_PER_S)
+    r.add_argument("--bw", type=float, default=None,
+                   help="bytes/s for the floors (default: a device-to-device copy measured on the card at start)")
     r.add_argument("--peak", type=float, default=H200_BF16_FLOP_PER_S)
     a = sub.add_parser("analyze", help="redo the attribution of a run from its _events.json.gz (CPU)")
     a.add_argument("--events", required=True)

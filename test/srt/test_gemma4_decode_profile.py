@@ -489,8 +489,24 @@ class _FakeEvent:
     def record(self):
         pass
 
+    def synchronize(self):
+        pass
+
     def elapsed_time(self, other):
         return 0.9
+
+
+class _FakeBuffer:
+    """What the copy probe touches of a device tensor: copy_ counts the copies."""
+
+    copies = 0
+
+    def __init__(self, n):
+        self.n = n
+
+    def copy_(self, other):
+        assert other.n == self.n
+        _FakeBuffer.copies += 1
 
 
 def _fake_engine():
@@ -502,7 +518,8 @@ def _fake_engine():
         __version__="fake", int64=torch.int64, autograd=torch.autograd,
         profiler=types.SimpleNamespace(profile=_FakeProfile, ProfilerActivity=types.SimpleNamespace(CPU="cpu", CUDA="cuda")),
         cuda=types.SimpleNamespace(synchronize=lambda: None, Event=_FakeEvent, get_device_name=lambda i=0: "FakeGPU",
-                                   is_available=lambda: True))
+                                   is_available=lambda: True),
+        uint8="uint8", empty=lambda n, dtype=None, device=None: _FakeBuffer(n), empty_like=lambda t: _FakeBuffer(t.n))
 
     class Batch:
         def __init__(self):
@@ -631,6 +648,10 @@ def test_run_orchestration_with_a_fake_engine(tmp_path):
         assert got == EXPECTED
     assert set(res["meta"]["timings"]) >= {"load_model_s", "cuda_graph_capture_s", "load_total_s", "run_total_s"}
     assert res["meta"]["device"] == "FakeGPU" and res["meta"]["engine_label"] == "stock"
+    # no --bw: the floors use the copy rate the probe measured (1 GiB read + written in the fake's 0.9 ms)
+    assert res["meta"]["bandwidth_source"] == "device copy measured at start"
+    assert res["meta"]["bandwidth_bytes_per_s"] == pytest.approx(2 * (1 << 30) / 0.9e-3)
+    assert "at 2.39 TB/s (device copy measured at start" in stem.with_suffix(".md").read_text()
     assert (out / "decode_profile_tiny-e2b_stock_events.json.gz").is_file()
     assert "## 16 running requests, context 600 tokens" in stem.with_suffix(".md").read_text()
 
@@ -866,3 +887,34 @@ def test_size_run_keeps_a_given_fraction_and_stops_with_advice():
     assert r2["kept"] == [1, 16] and "mem fraction 0.85 given" in r2["skipped"][80]
     with pytest.raises(SystemExit, match="shorter --context"):
         dp.size_run(_geom("31b"), [1], 16000, 6, 40 * dp.GIB)
+
+
+def test_copy_probe_takes_the_median_copy_and_counts_read_plus_write():
+    import types
+
+    from benchkit import dp_run
+
+    times = iter([5.0, 1.0, 2.0, 4.0, 3.0])  # ms of the timed copies, in order
+
+    class Event(_FakeEvent):
+        def elapsed_time(self, other):
+            return next(times)
+
+    fake = types.SimpleNamespace(uint8="uint8", empty=lambda n, dtype=None, device=None: _FakeBuffer(n),
+                                 empty_like=lambda t: _FakeBuffer(t.n), cuda=types.SimpleNamespace(Event=Event))
+    _FakeBuffer.copies = 0
+    bw = dp_run.measure_copy_bandwidth(fake, nbytes=1000, repeats=5)
+    assert bw == pytest.approx(2 * 1000 / 3.0e-3)  # median of 1..5 ms
+    assert _FakeBuffer.copies == 2 + 5  # two warm-ups, then the timed ones
+    with pytest.raises(ValueError, match="repeats"):
+        dp_run.measure_copy_bandwidth(fake, nbytes=1000, repeats=0)
+
+
+@pytest.mark.gpu
+def test_copy_probe_on_the_card_gpu():
+    import torch
+
+    from benchkit import dp_run
+
+    bw = dp_run.measure_copy_bandwidth(torch, nbytes=256 << 20, repeats=5)
+    assert 5e11 < bw < 2e13, f"{bw / 1e12:.2f} TB/s is not an HBM copy rate"

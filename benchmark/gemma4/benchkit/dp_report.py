@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import stamp
 from benchkit import tables
 from benchkit.dp_families import FAMILIES, FAMILY_DOC, RULES
-from benchkit.dp_floor import BF16, ModelGeom, load_geometry, model_floor, parameter_counts
+from benchkit.dp_floor import BF16, H200_COPY_BYTES_PER_S, ModelGeom, load_geometry, model_floor, parameter_counts
 
 # The files a decode_profile result depends on: "-dirty" when they differ from the checkout's HEAD.
 SOURCES = ("benchmark/gemma4/decode_profile.py", "benchmark/gemma4/benchkit/dp_*.py",
@@ -259,7 +259,8 @@ def profile_markdown(res: Dict[str, Any]) -> str:
              f"{m['profiled_steps']} under torch.profiler (each phase ends with a synchronize), then one eager step "
              "with a range per module that names the kernels of the graph steps (alignment by kernel name). "
              "Device time = sum of kernel durations per step. Floor: same arithmetic as decode_floor.md at the "
-             "measured mean context.")
+             f"measured mean context, at {m.get('bandwidth_bytes_per_s', H200_COPY_BYTES_PER_S) / 1e12:.2f} TB/s "
+             f"({m.get('bandwidth_source', 'given')}, bytes read plus written).")
     L.append("")
     for r in res["batches"]:
         a = r["attribution"]

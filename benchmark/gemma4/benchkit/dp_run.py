@@ -255,6 +255,35 @@ def _profile_batch(ob, runner, geom: ModelGeom, bs: int, opts, torch) -> Dict[st
             "_graph_trace": graph_trace, "_template_trace": template_trace}
 
 
+COPY_PROBE_BYTES = 1 << 30
+COPY_PROBE_REPEATS = 10
+
+
+def measure_copy_bandwidth(torch, nbytes: int = COPY_PROBE_BYTES, repeats: int = COPY_PROBE_REPEATS) -> float:
+    """Bytes per second a device-to-device copy moves on CUDA device 0, counting bytes read plus bytes written
+    (the convention of the floors), the median of ``repeats`` timed copies of ``nbytes`` after two warm-ups."""
+    if nbytes < 1 or repeats < 1:
+        raise ValueError(f"copy probe needs nbytes >= 1 and repeats >= 1, got {nbytes} and {repeats}")
+    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    for _ in range(2):
+        dst.copy_(src)
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1000.0)
+    del src, dst
+    times.sort()
+    seconds = times[len(times) // 2]
+    if not seconds > 0:
+        raise RuntimeError(f"copy probe timed {seconds} s for {nbytes} bytes: the CUDA events did not measure")
+    return 2.0 * nbytes / seconds
+
+
 def _engine_meta(torch) -> Dict[str, Any]:
     import importlib.metadata
 
@@ -298,6 +327,9 @@ def cmd_run(opts, engine: Optional[Tuple[Any, Any, Any, Any]] = None) -> int:
     else:
         torch, ob, ModelRunner, ServerArgs = engine
     geom = load_geometry(opts.model, opts.name or os.path.basename(os.path.normpath(opts.model)))
+    bw_source = "--bw"
+    if opts.bw is None:  # the floors at this card's own copy rate, measured before the engine takes the memory
+        opts.bw, bw_source = measure_copy_bandwidth(torch), "device copy measured at start"
     sizes = sorted(set(opts.batch_sizes))
     missing = [n for n in ("main", "latency_test", "load_model", "prepare_synthetic_inputs_for_latency_test",
                            "BenchArgs", "ForwardBatch", "publish", "SpawnRanks", "spawn_world_rank")
@@ -376,7 +408,7 @@ def cmd_run(opts, engine: Optional[Tuple[Any, Any, Any, Any]] = None) -> int:
         "load_format": _flag_value(argv, "--load-format") or "auto", "server_args": argv[2:],
         "batch_sizes": sizes, "context_target": opts.context, "warmup_steps": WARMUP_STEPS,
         "timed_steps": TIMED_STEPS, "profiled_steps": opts.steps, "timings": timings, "sizing": sizing,
-        "bandwidth_bytes_per_s": opts.bw, "peak_bf16_flop_per_s": opts.peak,
+        "bandwidth_bytes_per_s": opts.bw, "bandwidth_source": bw_source, "peak_bf16_flop_per_s": opts.peak,
     })
     events = {"meta": meta, "geometry_config": _config_of(opts.model),
               "batches": [{k: v for k, v in r.items()} for r in batches]}
