@@ -131,8 +131,7 @@ def main(argv=None) -> int:
         "torch": torch.__version__, "bw_bytes_per_s": args.bw, "rows": rows,
     }
     os.makedirs(args.out, exist_ok=True)
-    gpu = stamp.device_name(torch).lower()
-    stem = "ple_tail_" + next((g for g in ("h200", "h100", "b200") if g in gpu), "gpu")
+    stem = "ple_tail_" + stamp.device_slug(stamp.device_name(torch))
     with open(os.path.join(args.out, stem + ".json"), "w") as f:
         json.dump(res, f, indent=1)
     lines = [f"# {res['what']}", "", f"Device {res['device']}, {res['date']}, commit {res['commit']}, "

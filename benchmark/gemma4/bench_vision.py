@@ -425,14 +425,6 @@ def worker(args):
 # ================================================================================================= driver
 
 
-def _slug(device_name):
-    low = device_name.lower()
-    for tag in ("h200", "h100", "h20", "b200", "a100", "l40s"):
-        if tag in low:
-            return tag
-    return "cpu" if "nvidia" not in low else low.replace("nvidia", "").strip().replace(" ", "-")[:20]
-
-
 def run_engine(python, engine, args, tmp):
     path = os.path.join(tmp, f"{engine}.json")
     cmd = [python, os.path.abspath(__file__), "worker", "--engine", engine, "--json", path, "--device",
@@ -527,7 +519,7 @@ def driver(args):
                  "wall_s": round(time.time() - t0, 1)},
         "engines": {"upstream": upstream, "patched": patched},
     }
-    name = f"vision_fa3_{_slug(res['meta']['device'])}" + ("_quick" if args.quick else "")
+    name = f"vision_fa3_{stamp.device_slug(res['meta']['device'])}" + ("_quick" if args.quick else "")
     with open(os.path.join(args.out, name + ".json"), "w") as f:
         json.dump(res, f, indent=1)
     md_text = render_markdown(res)

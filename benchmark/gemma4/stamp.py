@@ -90,3 +90,12 @@ def device_name(torch: Any = None, cuda: Optional[bool] = None) -> str:
         if on_cuda:
             return torch.cuda.get_device_name(0)
     return platform.processor() or platform.machine() or "cpu"
+
+
+def device_slug(device_name: str) -> str:
+    """The short card name result files are named after (h100, h200, ...): the device that ran, not the one asked for."""
+    low = device_name.lower()
+    for tag in ("h200", "h100", "h20", "b200", "a100", "l40s"):
+        if tag in low:
+            return tag
+    return "cpu" if "nvidia" not in low else low.replace("nvidia", "").strip().replace(" ", "-")[:20]
