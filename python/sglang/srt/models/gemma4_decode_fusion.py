@@ -95,3 +95,90 @@ def ple_tail(
         gate=lambda t: layer.per_layer_input_gate(t)[0],
         proj=lambda t: layer.per_layer_projection(t)[0],
     )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Attention input: q/k/v RMSNorms and the rotary embedding in one launch (gemma4_qkv_norm_rope).
+#
+# One switch, ``SGLANG_GEMMA4_FUSED_QKV_NORM_ROPE`` (sglang.srt.environ; default off until measured on the
+# GPU).  An attention takes it where 0.5.23 takes its own fused norm path (q/k norms without shift, v norm
+# without scale) and its rotary embedding is the CUDA neox kernel over the whole head (rotary_dim ==
+# head_size == head_dim, fp32 cos/sin cache, not the fallback or the native path); per call: CUDA, bf16 /
+# fp16, 2-D q/k/v views with contiguous rows, one position per token.  Otherwise ``qkv_norm_rope``
+# returns None and the attention runs 0.5.23's steps.
+
+_QKV_PLAN_ATTR = "_gemma4_qkv_norm_rope_fusable"
+
+
+def fused_qkv_norm_rope_enabled() -> bool:
+    from sglang.srt.environ import envs
+
+    return bool(envs.SGLANG_GEMMA4_FUSED_QKV_NORM_ROPE.get())
+
+
+def attention_fusable(attn) -> bool:
+    """The module-level conditions above, for one Gemma4Attention."""
+    q_norm, k_norm, v_norm = attn.q_norm, attn.k_norm, attn.v_norm
+    if getattr(q_norm, "scale_shift", None) != 0.0 or getattr(k_norm, "scale_shift", None) != 0.0:
+        return False
+    if getattr(v_norm, "with_scale", True):
+        return False
+    rope = attn.rotary_emb
+    if getattr(rope, "use_fallback_kernel", True) or getattr(rope, "_force_native", True):
+        return False
+    if not getattr(rope, "is_neox_style", False):
+        return False
+    if not (rope.rotary_dim == rope.head_size == attn.head_dim):
+        return False
+    cache = getattr(rope, "cos_sin_cache", None)
+    return isinstance(cache, torch.Tensor) and cache.dtype == torch.float32 and cache.dim() == 2
+
+
+def qkv_norm_rope(attn, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """(q, k, v) normalised and rotated in place, shaped as 0.5.23's steps leave them (q [T, heads *
+    head_dim]; k, v [T, kv heads, head_dim], or None on a KV-shared layer), or None where 0.5.23's steps
+    must run."""
+    from sglang.kernels.ops.layernorm.gemma4_qkv_norm_rope import FUSED_DTYPES, gemma4_qkv_norm_rope
+
+    if not (q.is_cuda and q.dim() == 2 and q.dtype in FUSED_DTYPES and q.stride(-1) == 1):
+        return None
+    if not (isinstance(positions, torch.Tensor) and positions.dim() == 1 and positions.shape[0] == q.shape[0]):
+        return None
+    plan = attn.__dict__.get(_QKV_PLAN_ATTR)
+    if plan is None:
+        plan = fused_qkv_norm_rope_enabled() and attention_fusable(attn)
+        attn.__dict__[_QKV_PLAN_ATTR] = plan
+    if not plan or _batch_invariant():
+        return None
+    cache = attn.rotary_emb.cos_sin_cache
+    if cache.device != q.device or not cache.is_contiguous():
+        return None
+    shared = attn.is_kv_shared_layer and attn.kv_shared_layer_index is not None
+    if not shared and (k.stride(-1) != 1 or v.stride(-1) != 1):
+        return None
+    gemma4_qkv_norm_rope(
+        q,
+        None if shared else k,
+        None if shared else v,
+        attn.q_norm.weight.data,
+        None if shared else attn.k_norm.weight.data,
+        cache,
+        positions,
+        num_q_heads=attn.num_heads,
+        num_kv_heads=attn.num_kv_heads,
+        head_dim=attn.head_dim,
+        eps=attn.q_norm.eps,
+    )
+    if shared:
+        return q, None, None
+    return q, k.reshape(-1, attn.num_kv_heads, attn.head_dim), v.reshape(-1, attn.num_kv_heads, attn.head_dim)
+
+
+def attend(attn, q: torch.Tensor, k, v, forward_batch) -> torch.Tensor:
+    """The rest of Gemma4Attention.forward after the rotary embedding: attention and output projection."""
+    q = q.unflatten(-1, (attn.num_heads, attn.head_dim))
+    out = attn.attn(q, k, v, forward_batch=forward_batch, save_kv_cache=not attn.is_kv_shared_layer)
+    if out.dim() == 3:
+        out = out.flatten(-2, -1)
+    output, _ = attn.o_proj(out)
+    return output
