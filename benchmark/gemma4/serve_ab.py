@@ -3,7 +3,8 @@
 Two commands:
 
 ``run`` (also what a call without a command does) serves one model with one or both engines and drives
-SGLang's own load generator ``python -m sglang.bench_serving`` against each server. ``merge`` joins the JSON
+SGLang's own load generator ``python -m sglang.bench_serving`` against each server (the video workloads: serve_ab's
+video client ``benchmark/gemma4/video_client.py``, with bench_serving's result keys). ``merge`` joins the JSON
 files of several ``run`` calls (one engine each, or mixed) into one comparison, so that a long matrix can run
 in parts.
 
@@ -14,10 +15,10 @@ Protocol of ``run``:
 * Per workload on a server: one warm-up pass (``--warmup-prompts`` prompts, default 16, capped at the
   workload's count; seed = ``--base-seed``), kept in the JSON as warm-up and never in the medians; then
   ``--repeats`` timed passes (default 3), seed ``base + 1 + rep``. Every pass draws its own prompts (and
-  images): bench_serving seeds its sampling with ``--seed``, and each pass of a ``random`` workload gets its
-  own synthetic ShareGPT file generated from (workload, seed), so no two passes send the same prompt and the
-  radix / multimodal caches cannot hit across passes. Both engines get the same seeds, hence the same
-  prompts, in the same repeat.
+  images, videos): bench_serving seeds its sampling with ``--seed``, each pass of a ``random`` workload gets
+  its own synthetic ShareGPT file generated from (workload, seed), and the video client generates its videos
+  from (seed, request), so no two passes send the same prompt and the radix / multimodal caches cannot hit
+  across passes. Both engines get the same seeds, hence the same prompts, in the same repeat.
 * Before every pass the server's caches are flushed (``POST /flush_cache``; ``--no-flush`` to skip): that also
   resets the server's speculative accept-length counters, which bench_serving reads from ``/server_info``
   (otherwise a pass would report the average over the server's whole life).
@@ -34,13 +35,25 @@ Protocol of ``run``:
   killed part-way leaves every finished pass on disk; the markdown table is written once the run is done.
   Each cell: median and [min-max] over the timed repeats, and n; "hint" marks fewer than 3 repeats.
 
-Workloads (bench_serving 0.5.23 has no video dataset, so there is no video workload):
+Workloads:
 
     chat            random 1000/1000, 80 prompts, range ratio 1.0, 2 warm-up requests
     summarization   random 8000/1000, 80 prompts (same settings)
     images          6 random 480x480 images per request, 100 prompts, text 50 in / 10 out, default server
     images-nocache  the same with --disable-radix-cache and SGLANG_VLM_CACHE_SIZE_MB=0 (the vision encoder
                     runs for every request whatever the content)
+    video8          one video of 8 random 480x480 frames per request (Motion JPEG in AVI, as a base64 data URL
+                    in a ``video_url`` content part), a short text prompt, 10 tokens out (ignore_eos), 64
+                    prompts, at most 16 in flight, 2 warm-up requests, default server
+    video32         the same with 32 frames per video and 32 prompts
+
+bench_serving 0.5.23 has no video data set, so the video workloads run serve_ab's video client
+(``benchmark/gemma4/video_client.py``, ``benchkit/ab_video.py``) instead, with the same passes, seeds, flushes
+and log facts, as its own process in either bench mode; its flags: --frames, --resolution HxW, --fps,
+--quality, --output-len, --max-concurrency, --warmup-requests (``--bench-args`` reach it too; flags it does not
+know are ignored and listed in its result). The server needs a video decoder: sglang 0.5.23 decodes with
+torchcodec (with FFmpeg's libraries) or else decord; the GPU kit carries neither, so bring one (the decord 0.6.0
+wheel bundles its FFmpeg) into the engines' python before a video run.
 
 Directories without weight files are served with ``--load-format dummy`` (override with ``--load-format``).
 ``--mtp-draft DIR`` adds sglang's MTP flags for a Gemma-4 assistant draft to both engines:
@@ -57,11 +70,12 @@ Run from the repository root on a GPU machine, e.g.:
     python benchmark/gemma4/serve_ab.py merge benchmark/gemma4/results/serve_ab_e2b_upstream.json \\
         benchmark/gemma4/results/serve_ab_e2b_patched.json --name serve_ab_e2b
 
-``--dry-run`` prints every server and bench_serving command (with seeds) and the order, then exits. ``--server-cmd``
+``--dry-run`` prints every server and pass command (with seeds) and the order, then exits. ``--server-cmd``
 replaces the launch command (a template with {python} {model} {host} {port} {engine} {server_args}); the tests
 use it to start a stand-in server. Every server started is stopped (its whole process group) on success, on
 error and on Ctrl-C. Exit status 0 when every pass completed, 2 on an error (a server that dies, a port already
-taken, readiness that times out, bench_serving that fails, merge inputs that disagree), with a message naming
+taken, readiness that times out, bench_serving or the video client failing, merge inputs that disagree), with a
+message naming
 the engine, the workload and the log file (or the files).
 """
 
@@ -116,19 +130,23 @@ def _run_parser(sub) -> argparse.ArgumentParser:
                     help="alternate: reverse the engine order on every other server profile (ABBA)")
     ap.add_argument("--upstream-python", default=DEFAULT_PYTHON["upstream"])
     ap.add_argument("--patched-python", default=DEFAULT_PYTHON["patched"])
-    ap.add_argument("--bench-python", default=None, help="python that runs bench_serving (default: patched)")
+    ap.add_argument("--bench-python", default=None,
+                    help="python that runs bench_serving and the video client (default: patched)")
     ap.add_argument("--bench-mode", choices=["fork", "process"], default="fork",
                     help="fork: every pass forked from one process that imported bench_serving once "
                          "(bench_forkserver.py; saves the import, ~20 s per pass); process: one "
                          "`python -m sglang.bench_serving` per pass")
     ap.add_argument("--port", type=int, default=30000)
     ap.add_argument("--ready-timeout", type=float, default=900.0, help="seconds to wait for each server")
-    ap.add_argument("--bench-timeout", type=float, default=3600.0, help="seconds for one bench_serving pass")
+    ap.add_argument("--bench-timeout", type=float, default=3600.0,
+                    help="seconds for one pass of bench_serving or the video client")
     ap.add_argument("--server-cmd", default=DEFAULT_SERVER_CMD,
                     help="launch template; placeholders {python} {model} {host} {port} {engine} {server_args}")
     ap.add_argument("--server-args", default="", help="extra server arguments for both engines (one string)")
     ap.add_argument("--mtp-draft", default=None, help="Gemma-4 assistant draft (dir or hub id): adds MTP flags")
-    ap.add_argument("--bench-args", default="", help="extra bench_serving arguments, appended last (one string)")
+    ap.add_argument("--bench-args", default="",
+                    help="extra arguments of every pass's client (bench_serving, video client), appended last "
+                         "(one string)")
     ap.add_argument("--load-format", default=None,
                     help="default: dummy for a directory without weight files, else the server's default")
     ap.add_argument("--num-prompts", default=None,

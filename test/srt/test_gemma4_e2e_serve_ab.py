@@ -20,15 +20,18 @@ server that dies during the benchmark; each must give a clear error and leave no
 """
 
 import argparse
+import base64
 import hashlib
 import importlib.metadata
 import importlib.util
 import json
 import os
 import random
+import re
 import shutil
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import threading
@@ -46,6 +49,63 @@ ACCEPT_BASE = {"upstream": 2.5, "patched": 3.0}
 SERIES_LINE = ("Gemma-4 series 0.5.23+gemma4.10 on sglang==0.5.23: 0001-gemma4-series-manifest, "
                "0022-gemma4-swa-ratio-policy")
 KV_SPLIT_LINE = "Gemma-4 KV split: swa_full_tokens_ratio=0.3 (geometry of the model)"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# AVI reading (independent of the video client's writer): what the stand-in server checks of a video part
+# ---------------------------------------------------------------------------------------------------------
+def avi_info(data):
+    """Walk a RIFF/AVI file: the main header's frame count and size, the stream's codec and rate, the frames of
+    the 'movi' list (each must be a whole JPEG) and the idx1 entries. ValueError when it is no such file."""
+    if data[:4] != b"RIFF" or data[8:12] != b"AVI ":
+        raise ValueError("not a RIFF AVI file")
+    if struct.unpack("<I", data[4:8])[0] != len(data) - 8:
+        raise ValueError("RIFF size does not match the file")
+    info = {"frames": None, "width": None, "height": None, "handler": None, "codec": None, "rate": None,
+            "jpegs": [], "index": [], "movi_at": None}
+
+    def walk(start, end):
+        pos = start
+        while pos + 8 <= end:
+            fourcc, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
+            body = data[pos + 8:pos + 8 + size]
+            if len(body) != size:
+                raise ValueError(f"chunk {fourcc!r} at {pos} runs past the end")
+            if fourcc == b"LIST":
+                if body[:4] == b"movi":
+                    info["movi_at"] = pos + 8
+                walk(pos + 12, pos + 8 + size)
+            elif fourcc == b"avih":
+                vals = struct.unpack("<14I", body)
+                info["frames"], info["width"], info["height"] = vals[4], vals[8], vals[9]
+            elif fourcc == b"strh":
+                info["handler"], info["rate"] = body[4:8], struct.unpack("<II", body[20:28])
+            elif fourcc == b"strf":
+                info["codec"] = body[16:20]
+            elif fourcc == b"00dc":
+                if body[:2] != b"\xff\xd8" or body[-2:] != b"\xff\xd9":
+                    raise ValueError(f"frame at {pos} is not a whole JPEG")
+                info["jpegs"].append((pos, body))
+            elif fourcc == b"idx1":
+                info["index"] = [struct.unpack("<4sIII", body[i:i + 16]) for i in range(0, size, 16)]
+            pos += 8 + size + (size & 1)
+
+    walk(12, len(data))
+    return info
+
+
+def video_parts(content):
+    """The decoded videos of a message's content parts (data URLs of type video_url)."""
+    if not isinstance(content, list):
+        return []
+    out = []
+    for part in content:
+        if part.get("type") == "video_url":
+            url = part["video_url"]["url"]
+            if not url.startswith("data:video/") or ";base64," not in url:
+                raise ValueError(f"not a base64 video data URL: {url[:40]!r}")
+            out.append(base64.b64decode(url.split(",", 1)[1], validate=True))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -67,6 +127,8 @@ def _standin_main(argv):
     ap.add_argument("--compile-on-request", default="",
                     help="comma list of N:S: request N logs a compile line after stalling S seconds")
     ap.add_argument("--no-log-facts", action="store_true", help="no pool/scheduler/series lines")
+    ap.add_argument("--no-video-decoder", action="store_true",
+                    help="answer every video request 400, as sglang 0.5.23 does without torchcodec or decord")
     ap.add_argument("--record", default=None, help="directory for one JSON line per start (argv, env)")
     ns, server_args = ap.parse_known_args(argv)
     if ns.host != "127.0.0.1":
@@ -160,7 +222,22 @@ def _standin_main(argv):
             out_len = int(body.get("max_completion_tokens") or body.get("max_tokens") or 16)
             content = body["messages"][0]["content"]
             n_images = sum(1 for c in content if c.get("type") == "image_url") if isinstance(content, list) else 0
-            time.sleep(0.002 * n_images)
+            prompt_tokens, frames = 1, 0
+            try:
+                if ns.no_video_decoder and video_parts(content):
+                    raise ValueError("No module named 'decord'")
+                for video in video_parts(content):
+                    info = avi_info(video)
+                    if info["frames"] != len(info["jpegs"]):
+                        raise ValueError(f"header says {info['frames']} frames, the file holds {len(info['jpegs'])}")
+                    frames += info["frames"]
+                    log(f"stand-in video frames={info['frames']} size={info['width']}x{info['height']} "
+                        f"codec={info['codec'].decode()} bytes={len(video)}")
+            except (ValueError, KeyError, struct.error) as e:  # as sglang answers a video it cannot decode
+                return self._json(400, {"object": "error", "message": f"Could not decode video: {e}"})
+            if frames:
+                prompt_tokens = 10 + 64 * frames
+            time.sleep(0.002 * n_images + 0.0005 * frames)
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.end_headers()
@@ -171,7 +248,8 @@ def _standin_main(argv):
                 self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
                 self.wfile.flush()
             final = {"id": "x", "object": "chat.completion.chunk", "model": ns.model, "choices": [],
-                     "usage": {"prompt_tokens": 1, "completion_tokens": out_len, "total_tokens": out_len + 1}}
+                     "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": out_len,
+                               "total_tokens": out_len + prompt_tokens}}
             self.wfile.write(b"data: " + json.dumps(final).encode() + b"\n\ndata: [DONE]\n\n")
             self.wfile.flush()
 
@@ -1174,4 +1252,125 @@ def test_fork_mode_protocol_with_the_stand_in_client(tiny_dir, tmp_path):
     assert "stand-in client: failing on purpose" in proc.stderr  # the pass's log tail
     bad = _doc(tmp_path, name="serve_ab_fail")
     assert [(r["seed"], r["status"]) for r in bad["runs"]] == [(1, "ok"), (2, "failed")]
+    assert _pids_alive(rec) == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the video workloads: serve_ab's own video client (the real one) against the stand-in server
+# ---------------------------------------------------------------------------------------------------------
+VIDEO_CLIENT = os.path.join(REPO, "benchmark", "gemma4", "video_client.py")
+
+
+def _video_lines(doc, run):
+    """The stand-in's ``stand-in video ...`` lines of one pass (one per video it accepted)."""
+    return [ln.split("stand-in video ")[1] for ln in _pass_log(doc, run).splitlines() if "stand-in video " in ln]
+
+
+def test_video_workloads_run_the_video_client_with_the_pass_protocol(tiny_dir, tmp_path, client_python):
+    """video8 and video32 beside chat on one server, both engines (ABBA): serve_ab runs the real video client for
+    them (the stand-in client for chat), with the warm-up pass, timed repeats, seeds and flushes of any workload;
+    --bench-args reach both clients, each ignoring the other's flags."""
+    port = _free_port()
+    args, rec = _base_args(tiny_dir, tmp_path, port, _speed_cmd())
+    args += ["--workloads", "chat,video8,video32", "--num-prompts", "3", "--warmup-prompts", "2", "--repeats", "2",
+             "--bench-python", client_python,
+             "--bench-args", "--random-input-len 8 --random-output-len 6 --warmup-requests 1 --resolution 48x64 "
+                             "--output-len 6"]
+    proc = _run_serve_ab(args)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    doc = _doc(tmp_path)
+    md = (tmp_path / "out" / "serve_ab.md").read_text()
+    assert doc["status"] == "complete" and _pids_alive(rec) == []
+    assert [s["engine"] for s in _starts(rec)] == ["upstream", "patched"]  # one profile: one server per engine
+    assert doc["workloads"]["video8"]["client"] == "video" and "client" not in doc["workloads"]["chat"]
+    for wl, frames in (("video8", 8), ("video32", 32)):
+        for eng in ("upstream", "patched"):
+            warm, timed = _runs(doc, eng, wl, "warmup"), _runs(doc, eng, wl, "timed")
+            assert [(r["seed"], r["num_prompts"], r["result"]["completed"]) for r in warm] == [(1, 2, 2)]
+            assert [(r["rep"], r["seed"], r["num_prompts"], r["result"]["completed"]) for r in timed] == \
+                [(0, 2, 3, 3), (1, 3, 3, 3)]
+            for r in warm + timed:
+                cmd, res = r["bench_cmd"], r["result"]
+                assert cmd[1] == VIDEO_CLIENT and cmd[cmd.index("--seed") + 1] == str(r["seed"])
+                assert cmd.count("--num-prompts") == 1 and cmd[cmd.index("--num-prompts") + 1] == str(r["num_prompts"])
+                assert r["flush_status"] == 200 and "server_info" not in res
+                assert (res["frames_per_video"], res["resolution"], res["failed"]) == (frames, "48x64", 0)
+                assert res["ignored_args"] == ["--random-input-len", "8", "--random-output-len", "6"]
+                # The server's own token counts: 6 out per request, 10 + 64 per frame in (the stand-in's usage).
+                assert res["total_output_tokens"] == 6 * r["num_prompts"]
+                assert res["total_input_tokens"] == r["num_prompts"] * (10 + 64 * frames)
+                assert res["median_ttft_ms"] > 0 and res["median_tpot_ms"] > 0 and res["duration"] > 0
+                # Every request (the pass's warm-up request too) carried one video of that many frames and size.
+                lines = _video_lines(doc, r)
+                assert len(lines) == r["num_prompts"] + 1
+                assert all(re.fullmatch(rf"frames={frames} size=64x48 codec=MJPG bytes=\d+", ln) for ln in lines)
+            summ = doc["summary"][wl][eng]
+            assert summ["n"] == 2 and summ["seeds"] == [2, 3]
+            durations = [r["result"]["duration"] for r in timed]
+            assert summ["metrics"]["duration"]["median"] == pytest.approx(statistics.median(durations))
+    # No two passes on a server sent the same video or prompt (the video client's warm-up requests are videos of
+    # their own); both engines sent the same ones in the same pass.
+    for srv in doc["servers"]:
+        seen = set()
+        for r in doc["runs"]:
+            if r["engine"] == srv["engine"]:
+                h = _pass_hashes(tmp_path, doc, r)
+                extra = 1 if r["workload"].startswith("video") else 0
+                assert len(h) == r["num_prompts"] + extra and not (h & seen), (r["workload"], r["kind"], r["rep"])
+                seen |= h
+    for wl in ("video8", "video32"):
+        for r in _runs(doc, "upstream", wl):
+            twin = next(t for t in _runs(doc, "patched", wl) if (t["kind"], t["rep"]) == (r["kind"], r["rep"]))
+            assert _pass_hashes(tmp_path, doc, r) == _pass_hashes(tmp_path, doc, twin)
+    # Token delay 6 ms vs 1 ms: the table shows the patched stand-in ahead on the video workloads' TPOT too.
+    rows = {(r["workload"], r["metric"]): r for r in doc["rows"]}
+    tpot = rows[("video8", "median_tpot_ms")]
+    assert tpot["ratio"] == pytest.approx(tpot["upstream"]["median"] / tpot["patched"]["median"]) and tpot["ratio"] > 2
+    line = next(ln for ln in md.splitlines() if ln.startswith("| video32 | median TPOT (ms) |"))
+    assert "n=2 hint" in line and f"{rows[('video32', 'median_tpot_ms')]['ratio']:.2f}x" in line
+    assert "- video8: one 8-frame 480x480 random video per request" in md
+    assert "video client (benchmark/gemma4/video_client.py) --frames 32 --resolution 480x480" in md
+
+
+def test_video_pass_runs_as_its_own_process_in_fork_mode(tiny_dir, tmp_path):
+    """Fork mode forks bench_serving passes only: a video-only run starts no fork server."""
+    port = _free_port()
+    args, rec = _base_args(tiny_dir, tmp_path, port, _standin_cmd("--no-log-facts"))
+    args += ["--bench-mode", "fork", "--engines", "patched", "--workloads", "video8", "--num-prompts", "2",
+             "--warmup-prompts", "1", "--repeats", "1", "--bench-args", "--resolution 32x32 --warmup-requests 0"]
+    proc = _run_serve_ab(args)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = _doc(tmp_path)
+    assert [(r["kind"], r["result"]["completed"]) for r in doc["runs"]] == [("warmup", 1), ("timed", 2)]
+    assert not os.path.exists(os.path.join(doc["meta"]["log_dir"], "bench-forkserver.log"))
+    assert _pids_alive(rec) == []
+
+
+def test_video_server_without_decoder_fails_the_pass_clearly(tiny_dir, tmp_path):
+    """A server that cannot decode videos (sglang 0.5.23 without torchcodec or decord answers 400): the client's
+    warm-up fails (as bench_serving's), or without warm-up requests the pass completes 0 requests; either way
+    serve_ab stops with the video client named and the server's answer in the client's log."""
+    port = _free_port()
+    args, rec = _base_args(tiny_dir, tmp_path, port, _standin_cmd("--no-video-decoder"))
+    args += ["--engines", "patched", "--workloads", "video8", "--num-prompts", "2", "--repeats", "1"]
+    proc = _run_serve_ab(args + ["--bench-args", "--resolution 32x32 --warmup-requests 1"])
+    assert proc.returncode == 2
+    assert "[patched/video8] the video client exited with status 1 and no result (warm-up, seed 1); log" \
+        in proc.stderr
+    assert "fork server" not in proc.stderr  # the video client is never forked
+    assert "warm-up failed: none of its 1 requests completed; first error: HTTP 400" in proc.stderr  # log tail
+    assert "Could not decode video: No module named 'decord'" in proc.stderr
+    doc = _doc(tmp_path)
+    (warm,) = doc["runs"]
+    assert (warm["kind"], warm["status"], warm["result"]) == ("warmup", "failed", None)
+    assert doc["status"] == "failed"
+
+    proc = _run_serve_ab(args + ["--bench-args", "--resolution 32x32 --warmup-requests 0", "--name", "serve_ab_0"])
+    assert proc.returncode == 2
+    assert "[patched/video8] the video client completed 0 requests (warm-up, seed 1)" in proc.stderr
+    doc = _doc(tmp_path, name="serve_ab_0")
+    (warm,) = doc["runs"]
+    client_log = open(os.path.join(doc["meta"]["log_dir"], warm["bench_log"])).read()
+    assert "Failed requests:                         2" in client_log
+    assert "request error: HTTP 400 Bad Request" in client_log and "No module named 'decord'" in client_log
     assert _pids_alive(rec) == []

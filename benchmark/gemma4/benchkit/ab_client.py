@@ -1,5 +1,6 @@
 """The load generator side of serve_ab: bench_serving passes forked from one fork server (bench_forkserver.py)
-or run as their own processes, and the result a pass leaves in its output file."""
+or run as their own processes (and video-client passes, always their own), and the result a pass leaves in its
+output file."""
 
 from __future__ import annotations
 
@@ -128,9 +129,10 @@ class ForkServer:
         self._log.close()
 
 
-def start_bench(plan: Plan, cmd: List[str], log, log_path: str, out_file: str):
-    """Start one pass: forked from the fork server (started on first use), or as its own process."""
-    if plan.bench_mode == "process":
+def start_bench(plan: Plan, cmd: List[str], log, log_path: str, out_file: str, fork: bool = True):
+    """Start one pass: forked from the fork server (started on first use), or as its own process (``--bench-mode
+    process``, or ``fork=False``: the video client, which imports no sglang and starts in well under a second)."""
+    if plan.bench_mode == "process" or not fork:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=plan.env, cwd=REPO,
                                 start_new_session=True)
     if plan.bench_server is None:

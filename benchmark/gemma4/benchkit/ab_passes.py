@@ -1,5 +1,6 @@
 """serve_ab's pass protocol: one server per (engine, profile), a cache flush before every pass, warm-up and
-timed passes of bench_serving against it, per-pass log facts, the run's JSON rewritten after every change."""
+timed passes of the workload's load generator (bench_serving, or the video client for the video workloads)
+against it, per-pass log facts, the run's JSON rewritten after every change."""
 
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ def run_pass(plan: Plan, server: Server, engine: str, wl: Workload, profile: str
              seed: int, prompts: int, recorder: Recorder) -> Dict[str, Any]:
     tag = pass_tag(engine, wl, kind, rep)
     what = f"workload {wl.name!r}"
+    client = wl.client_label
+    forked = plan.bench_mode == "fork" and wl.client == "bench_serving"
     where = f"{'warm-up' if kind == 'warmup' else f'repeat {rep}'}, seed {seed}"
     out_file = os.path.join(plan.log_dir, f"bench-{tag}.jsonl")
     log_path = os.path.join(plan.log_dir, f"bench-{tag}.log")
@@ -55,16 +58,16 @@ def run_pass(plan: Plan, server: Server, engine: str, wl: Workload, profile: str
             log.write("$ " + " ".join(shlex.quote(c) for c in cmd) + "\n")
             log.flush()
             try:
-                proc = start_bench(plan, cmd, log, log_path, out_file)
+                proc = start_bench(plan, cmd, log, log_path, out_file, fork=wl.client == "bench_serving")
             except OSError as e:
-                raise ServeABError(f"[{engine}/{wl.name}] cannot start bench_serving: {e}") from e
+                raise ServeABError(f"[{engine}/{wl.name}] cannot start {client}: {e}") from e
             try:
                 while proc.poll() is None:
                     if not server.alive():
-                        raise server.died_error(f"while bench_serving ran {what} ({where})")
+                        raise server.died_error(f"while {client} ran {what} ({where})")
                     if time.monotonic() - t0 > plan.bench_timeout_s:
                         raise ServeABError(
-                            f"[{engine}/{wl.name}] bench_serving did not finish in {plan.bench_timeout_s:.0f}s "
+                            f"[{engine}/{wl.name}] {client} did not finish in {plan.bench_timeout_s:.0f}s "
                             f"({where}); log {log_path}:\n{tail(log_path)}"
                         )
                     time.sleep(0.2)
@@ -82,16 +85,16 @@ def run_pass(plan: Plan, server: Server, engine: str, wl: Workload, profile: str
         result = read_result(out_file)
         if proc.returncode != 0 or result is None:
             if not server.alive():
-                raise server.died_error(f"while bench_serving ran {what} ({where})")
+                raise server.died_error(f"while {client} ran {what} ({where})")
             hint = (" (this pass was forked from the bench_serving fork server; `--bench-mode process` runs "
-                    "each pass as its own process)" if plan.bench_mode == "fork" else "")
+                    "each pass as its own process)" if forked else "")
             raise ServeABError(
-                f"[{engine}/{wl.name}] bench_serving exited with status {proc.returncode} and "
+                f"[{engine}/{wl.name}] {client} exited with status {proc.returncode} and "
                 f"{'no result' if result is None else 'a result'} ({where}){hint}; log {log_path}:\n"
                 f"{tail(log_path)}"
             )
         if not result.get("completed"):
-            raise ServeABError(f"[{engine}/{wl.name}] bench_serving completed 0 requests ({where}); log {log_path}")
+            raise ServeABError(f"[{engine}/{wl.name}] {client} completed 0 requests ({where}); log {log_path}")
         rec["result"] = result
         rec["status"] = "ok"
     return rec

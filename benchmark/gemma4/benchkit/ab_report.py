@@ -165,7 +165,8 @@ def render_markdown(doc: Dict[str, Any]) -> str:
     lines += ["", "Workloads (bench_serving arguments after the --num-prompts override; serve_ab adds --seed, "
               "--num-prompts per pass, --dataset-path, --host/--port and --output-file):"]
     for wl, d in doc["workloads"].items():
-        lines.append(f"- {wl}: {d['description']}; bench_serving {' '.join(d['bench_args'])}; "
+        client = "video client (benchmark/gemma4/video_client.py)" if d.get("client") == "video" else "bench_serving"
+        lines.append(f"- {wl}: {d['description']}; {client} {' '.join(d['bench_args'])}; "
                      f"{d['num_prompts']} prompts per timed pass, {d['warmup_prompts']} in the warm-up pass"
                      + (f"; server {' '.join(d['server_args'])}" if d["server_args"] else "")
                      + (f"; env {' '.join(f'{k}={v}' for k, v in d['server_env'].items())}" if d["server_env"] else ""))

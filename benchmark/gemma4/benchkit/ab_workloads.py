@@ -1,5 +1,5 @@
-"""serve_ab's workloads (bench_serving arguments, server profile, data set), their metrics, and the parsing
-of --workloads and --num-prompts, with the flag rewriting the pass commands need."""
+"""serve_ab's workloads (load generator and its arguments, server profile, data set), their metrics, and the
+parsing of --workloads and --num-prompts, with the flag rewriting the pass commands need."""
 
 from __future__ import annotations
 
@@ -13,22 +13,31 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from benchkit.ab_common import ServeABError
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # benchmark/gemma4
+VIDEO_CLIENT = os.path.join(HERE, "video_client.py")  # benchkit/ab_video.py's command line
+# Load generators: bench_serving (``python -m sglang.bench_serving``) or serve_ab's video client.
+CLIENT_LABELS = {"bench_serving": "bench_serving", "video": "the video client"}
 
 
 @dataclass(frozen=True)
 class Workload:
     name: str
-    bench_args: Tuple[str, ...]
+    bench_args: Tuple[str, ...]  # the arguments of its client (bench_serving or the video client)
     server_args: Tuple[str, ...] = ()
     server_env: Tuple[Tuple[str, str], ...] = ()
     needs_sharegpt: bool = False
     description: str = ""
+    client: str = "bench_serving"
+
+    @property
+    def client_label(self) -> str:
+        return CLIENT_LABELS[self.client]
 
 
 _COMMON = ("--backend", "sglang-oai-chat", "--random-range-ratio", "1.0", "--warmup-requests", "2")
 _IMAGES = _COMMON + ("--dataset-name", "image", "--image-count", "6", "--image-resolution", "480x480",
                      "--image-content", "random", "--random-input-len", "50", "--random-output-len", "10",
                      "--num-prompts", "100")
+_VIDEO = ("--resolution", "480x480", "--output-len", "10", "--max-concurrency", "16", "--warmup-requests", "2")
 WORKLOADS: Dict[str, Workload] = {
     "chat": Workload(
         "chat",
@@ -56,6 +65,17 @@ WORKLOADS: Dict[str, Workload] = {
         description="6 x 480x480 random images per request, text 50/10, 100 prompts; radix and mm-embedding "
                     "caches off",
     ),
+    # serve_ab's video client (benchkit/ab_video.py): bench_serving 0.5.23 has no video data set.
+    "video8": Workload(
+        "video8", ("--frames", "8") + _VIDEO + ("--num-prompts", "64"), client="video",
+        description="one 8-frame 480x480 random video per request (Motion JPEG AVI), short text prompt, 10 "
+                    "tokens out, 64 prompts, 16 in flight; default server (content differs per pass)",
+    ),
+    "video32": Workload(
+        "video32", ("--frames", "32") + _VIDEO + ("--num-prompts", "32"), client="video",
+        description="one 32-frame 480x480 random video per request (Motion JPEG AVI), short text prompt, 10 "
+                    "tokens out, 32 prompts, 16 in flight; default server (content differs per pass)",
+    ),
 }
 
 # (key in bench_serving's JSON, label, unit, True when lower is better)
@@ -71,7 +91,8 @@ METRICS = [
 OPTIONAL_METRICS = {"accept_length"}  # rows only where some run reports it
 
 
-# Flags serve_ab sets itself on every bench_serving command; --bench-args must not set them.
+# Flags serve_ab sets itself on every pass command (bench_serving or the video client); --bench-args must not set
+# them.
 OWN_BENCH_FLAGS = {
     "--seed": "serve_ab sets it per pass; use --base-seed",
     "--num-prompts": "use --num-prompts",
@@ -178,8 +199,7 @@ def parse_workloads(spec: str) -> List[Workload]:
         raise ServeABError("--workloads is empty")
     unknown = [n for n in names if n not in WORKLOADS]
     if unknown:
-        raise ServeABError(f"unknown workload(s) {', '.join(unknown)}; known: {', '.join(WORKLOADS)} "
-                           "(bench_serving 0.5.23 has no video dataset)")
+        raise ServeABError(f"unknown workload(s) {', '.join(unknown)}; known: {', '.join(WORKLOADS)}")
     if len(set(names)) != len(names):
         raise ServeABError(f"--workloads names a workload twice: {spec!r}")
     return [WORKLOADS[n] for n in names]
