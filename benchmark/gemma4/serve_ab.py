@@ -101,7 +101,7 @@ from benchkit.ab_merge import merge_docs, parse_take  # noqa: E402
 from benchkit.ab_passes import run_ab  # noqa: E402
 from benchkit.ab_plan import Plan, bench_command, ensure_dataset, pass_tag, server_command  # noqa: E402,F401
 from benchkit.ab_report import Recorder, render_markdown, write_outputs  # noqa: E402
-from benchkit.ab_servers import parse_server_log, peak_running_requests  # noqa: E402,F401
+from benchkit.ab_servers import parse_server_log, peak_running_requests, peak_tokens_used  # noqa: E402,F401
 from benchkit.ab_summary import compare_rows, ratio, spread, summarise  # noqa: E402,F401
 from benchkit.ab_workloads import (  # noqa: E402,F401
     OWN_BENCH_FLAGS, WORKLOADS, get_flag, parse_num_prompts, parse_workloads, set_flag)

@@ -577,6 +577,23 @@ def test_peak_running_requests_from_decode_lines():
     assert sab.peak_running_requests(_LOG) is None
 
 
+def test_peak_tokens_used_and_unified_pool_lines():
+    # sglang 0.5.23's hybrid-SWA decode line, and the boot lines of --enable-unified-memory
+    text = (
+        "[2026-12-06 12:10:41 TP0] Decode batch, #running-req: 48, #full token: 4000, full token usage: 0.01, "
+        "#swa token: 9000, swa token usage: 0.02, \n"
+        "[2026-12-06 12:10:42 TP0] Prefill batch, #new-seq: 2, #full token: 99999, #swa token: 99999, \n"
+        "[2026-12-06 12:10:43 TP0] Decode batch [123], #running-req: 80, #full token: 7000, full token usage: "
+        "0.02, #swa token: 8000, swa token usage: 0.01, \n"
+        "[2026-12-06 12:10:44 TP0] [unified-memory-pool] UnifiedKVPool swa: total_bytes=9.74 GB (=10458 B), \n"
+    )
+    assert sab.peak_tokens_used(text) == {"full": 7000, "swa": 9000}
+    assert sab.peak_tokens_used(_LOG) == {"full": None, "swa": None}
+    info = sab.parse_server_log(text)
+    assert info["unified_pool_lines"] == ["[unified-memory-pool] UnifiedKVPool swa: total_bytes=9.74 GB (=10458 B),"]
+    assert sab.parse_server_log(_LOG)["unified_pool_lines"] == []
+
+
 def test_parse_server_log_reads_pools_scheduler_series_and_compiles():
     info = sab.parse_server_log(_LOG)
     assert (info["full_layer_tokens"], info["swa_layer_tokens"]) == (7787613, 6230090)  # the target's, first

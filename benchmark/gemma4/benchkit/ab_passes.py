@@ -18,8 +18,8 @@ from benchkit.ab_client import read_result, start_bench
 from benchkit.ab_common import HOST, ServeABError
 from benchkit.ab_plan import Plan, Profile, bench_command, ensure_dataset, pass_tag, server_command
 from benchkit.ab_report import Recorder
-from benchkit.ab_servers import (Server, compile_lines, log_size, parse_server_log, peak_running_requests, read_log,
-                                 tail)
+from benchkit.ab_servers import (Server, compile_lines, log_size, parse_server_log, peak_running_requests,
+                                 peak_tokens_used, read_log, tail)
 from benchkit.ab_workloads import Workload
 from benchkit.outcome import recorded
 
@@ -43,7 +43,8 @@ def run_pass(plan: Plan, server: Server, engine: str, wl: Workload, profile: str
         "engine": engine, "workload": wl.name, "profile": profile, "kind": kind, "rep": rep, "seed": seed,
         "num_prompts": prompts, "status": "running", "error": None, "bench_cmd": cmd,
         "bench_log": os.path.relpath(log_path, plan.log_dir), "flush_status": None,
-        "log_range": None, "compile_lines": [], "peak_running_requests": None, "wall_s": None, "result": None,
+        "log_range": None, "compile_lines": [], "peak_running_requests": None, "peak_full_tokens_used": None,
+        "peak_swa_tokens_used": None, "wall_s": None, "result": None,
     }
     recorder.doc["runs"].append(rec)
     with recorded(rec, (ServeABError,), then=recorder.write):
@@ -81,6 +82,8 @@ def run_pass(plan: Plan, server: Server, engine: str, wl: Workload, profile: str
                 pass_log = read_log(server.log_path, start, end)
                 rec["compile_lines"] = compile_lines(pass_log)
                 rec["peak_running_requests"] = peak_running_requests(pass_log)
+                used = peak_tokens_used(pass_log)
+                rec["peak_full_tokens_used"], rec["peak_swa_tokens_used"] = used["full"], used["swa"]
                 rec["wall_s"] = time.monotonic() - t0
         result = read_result(out_file)
         if proc.returncode != 0 or result is None:

@@ -52,12 +52,27 @@ def peak_running_requests(text: str) -> Optional[int]:
     return max(counts) if counts else None
 
 
+_USED_RE = {side: re.compile(r"Decode batch\b[^\n]*?#" + side + r" token: (\d+)") for side in ("full", "swa")}
+_UNIFIED_RE = re.compile(r"(\[unified-memory-pool\].*?)\s*$")
+
+
+def peak_tokens_used(text: str) -> Dict[str, Optional[int]]:
+    """The most full-pool and SWA-pool tokens in use any "Decode batch" line of ``text`` reports ("#full token",
+    "#swa token"; sampled like the running requests); None for a side no line reports.  Under
+    --enable-unified-memory these are the split the workload actually drew from the one buffer."""
+    out: Dict[str, Optional[int]] = {}
+    for side, pattern in _USED_RE.items():
+        counts = [int(m.group(1)) for m in pattern.finditer(text)]
+        out[side] = max(counts) if counts else None
+    return out
+
+
 def parse_server_log(text: str) -> Dict[str, Any]:
     """What a server log says about pools and series; None for what it does not say."""
     out: Dict[str, Any] = {"full_layer_tokens": None, "swa_layer_tokens": None, "pool_lines": [],
                            "max_total_num_tokens": None, "chunked_prefill_size": None, "max_prefill_tokens": None,
                            "max_running_requests": None, "context_len": None, "available_mem_gb": None,
-                           "series_line": None, "kv_split_lines": [], "compile_lines": []}
+                           "series_line": None, "kv_split_lines": [], "unified_pool_lines": [], "compile_lines": []}
     for line in text.splitlines():
         m = _POOL_RE.search(line)
         if m:
@@ -76,6 +91,9 @@ def parse_server_log(text: str) -> Dict[str, Any]:
         m = _KV_SPLIT_RE.search(line)
         if m:
             out["kv_split_lines"].append(m.group(1))
+        m = _UNIFIED_RE.search(line)
+        if m:  # --enable-unified-memory: its boot lines (one buffer; the pool lines above are the boot split)
+            out["unified_pool_lines"].append(m.group(1))
     if out["pool_lines"]:  # the target's pool is logged first (a draft worker may log its own after it)
         out["full_layer_tokens"] = out["pool_lines"][0]["full_layer_tokens"]
         out["swa_layer_tokens"] = out["pool_lines"][0]["swa_layer_tokens"]
