@@ -5,8 +5,14 @@ repository. GPU-marked tests are skipped when no CUDA device is present; each ha
 """
 
 import os
+import sys
 
 import pytest
+
+# Helper modules of the tests (gemma4_tiny, ...) live beside them in test/srt.
+SRT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "srt")
+if SRT not in sys.path:
+    sys.path.insert(0, SRT)
 
 
 def _cuda_available() -> bool:
@@ -32,3 +38,4 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+

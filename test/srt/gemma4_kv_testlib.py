@@ -11,6 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                 "benchmark", "gemma4"))
+import gemma4_tiny  # noqa: E402  (the tiny geometry, from make_model_dir)
 import kv_budget  # noqa: E402  (benchmark/gemma4/kv_budget.py: the KV configurator the planner builds)
 import make_model_dir  # noqa: E402  (benchmark/gemma4/make_model_dir.py: the published geometry, one place)
 
@@ -47,25 +48,9 @@ MOE_26B_TEXT = _geometry(make_model_dir.target_config("26b-a4b")["text_config"])
 DENSE_31B_TEXT = _geometry(make_model_dir.target_config("31b")["text_config"])
 ASSISTANT_26B_TEXT = _geometry(make_model_dir.assistant_config("26b-a4b")["text_config"],
                                keys=tuple(k for k in _TARGET_KEYS if k != "max_position_embeddings"))
-# A tiny text model with the E2B structure: 10 layers, full every 5th, last 4 KV-shared.
-TINY_TEXT = dict(
-    hidden_size=32,
-    num_hidden_layers=10,
-    intermediate_size=64,
-    num_attention_heads=2,
-    num_key_value_heads=1,
-    head_dim=16,
-    global_head_dim=32,
-    sliding_window=8,
-    num_kv_shared_layers=4,
-    hidden_size_per_layer_input=8,
-    vocab_size_per_layer_input=64,
-    vocab_size=64,
-    use_double_wide_mlp=True,
-    attention_k_eq_v=False,
-    max_position_embeddings=256,
-    layer_types=layer_types(10, 4),
-)
+# The tiny text model of make_model_dir (the E2B structure: PLE, double-wide MLP, the last layers KV-shared),
+# with its own 1024-id vocab.
+TINY_TEXT = dict(_geometry(gemma4_tiny.text()), vocab_size=gemma4_tiny.text()["vocab_size"])
 LARGE_VISION = {k: make_model_dir.target_config("26b-a4b")["vision_config"][k]
                 for k in ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
                           "num_attention_heads", "num_key_value_heads", "head_dim", "patch_size",

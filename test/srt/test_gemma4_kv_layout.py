@@ -9,6 +9,7 @@ import types
 
 import pytest
 
+import gemma4_tiny
 from gemma4_kv_testlib import (
     ASSISTANT_26B_TEXT,
     E2B_TEXT,
@@ -186,8 +187,6 @@ def test_tiny_model_attention_reads_only_pooled_layers(geo):
     KV-shared layers read their owner's buffer."""
     import torch
 
-    import sglang.srt.layers.rotary_embedding.base as rope_base
-    from sglang.srt import runtime_context as rc
     from sglang.srt.arg_groups.model_override_base import model_config_of
     from sglang.srt.mem_cache.gemma4_kv_layout import kv_shared_layer_owners
     from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool
@@ -199,29 +198,20 @@ def test_tiny_model_attention_reads_only_pooled_layers(geo):
         full_max_total_num_tokens=64, swa_max_total_num_tokens=32, mha_pool_class=MHATokenToKVPool
     )
     owners = kv_shared_layer_owners(mc.hf_text_config)
-    assert sorted(owners) == [6, 7, 8, 9] and owners == {6: 5, 7: 5, 8: 5, 9: 4}
-    assert set(pool.layers_mapping) == set(range(6))
-    assert pool.full_layer_nums + pool.swa_layer_nums == 6
+    # the tiny geometry's sharing: each of the last num_kv_shared_layers layers reads the last earlier layer of
+    # its own kind that is not shared
+    kinds, shared = TINY_TEXT["layer_types"], TINY_TEXT["num_kv_shared_layers"]
+    first_shared = len(kinds) - shared
+    assert shared > 0 and {kinds[i] for i in range(first_shared, len(kinds))} == set(kinds)  # both kinds shared
+    want = {i: max(j for j in range(first_shared) if kinds[j] == kinds[i]) for i in range(first_shared, len(kinds))}
+    assert sorted(owners) == list(range(first_shared, len(kinds))) and owners == want
+    assert set(pool.layers_mapping) == set(range(first_shared))
+    assert pool.full_layer_nums + pool.swa_layer_nums == first_shared
 
-    saved_is_cpu = rope_base._is_cpu
-    rope_base._is_cpu = True  # else the rotary embedding imports vllm
-    override = rc._CONTEXT.override_server_args(device="cpu")
-    override.install()
-    group = types.SimpleNamespace(
-        is_first_rank=True, is_last_rank=True, world_size=1, rank_in_group=0
-    )
-    parallel = rc.get_parallel()
-    parallel.override_permanently(
-        pp_group=group, tp_group=group, attn_tp_group=group, tp_rank=0, attn_tp_rank=0, pp_rank=0
-    )
-    try:
+    with gemma4_tiny.sglang_on_cpu():
         from sglang.srt.models.gemma4_causal import Gemma4ForCausalLM
 
         model = Gemma4ForCausalLM(mc.hf_text_config)
-    finally:
-        override.restore()
-        parallel.clear_stamp()
-        rope_base._is_cpu = saved_is_cpu
     for layer_id, layer in enumerate(model.model.layers):
         attn = layer.self_attn
         read_id = attn.attn.layer_id

@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import torch
 
+import gemma4_tiny
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SIZES = [(480, 480), (300, 700), (1000, 200), (768, 768), (64, 64), (37, 1200)]
 
@@ -224,48 +226,21 @@ def test_non_finite_table_is_refused(gpt):
 # ------------------------------------------------------------------ soft tokens of a tiny tower (CPU)
 
 
-def _tiny_config():
-    from transformers import Gemma4Config
-
-    return Gemma4Config(
-        text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=1, head_dim=32, global_head_dim=32, vocab_size=512,
-                         vocab_size_per_layer_input=512, hidden_size_per_layer_input=8,
-                         layer_types=["sliding_attention", "full_attention"], sliding_window=16,
-                         num_kv_shared_layers=0),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           num_key_value_heads=2, head_dim=16, patch_size=4, pooling_kernel_size=3,
-                           position_embedding_size=64, standardize=True),
-        audio_config=None,
-    )
+TINY_VISION = gemma4_tiny.vision()
+# the processor for the tiny tower: its patch size and pooling, at most 70 soft tokens (630 patches) an image
+TINY_GEOMETRY = dict(patch_size=TINY_VISION["patch_size"], pooling_kernel_size=TINY_VISION["pooling_kernel_size"],
+                     max_soft_tokens=70)
 
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    import sglang.srt.layers.rotary_embedding.base as rope_base
-    from sglang.srt import runtime_context as rc
+    with gemma4_tiny.sglang_on_cpu():
+        from sglang.srt.models import gemma4_mm
 
-    saved = rope_base._is_cpu
-    rope_base._is_cpu = True
-    override = rc._CONTEXT.override_server_args(device="cpu")
-    override.install()
-    group = types.SimpleNamespace(is_first_rank=True, is_last_rank=True, world_size=1, rank_in_group=0)
-    parallel = rc.get_parallel()
-    parallel.override_permanently(pp_group=group, tp_group=group, attn_tp_group=group, tp_rank=0,
-                                  attn_tp_rank=0, pp_rank=0)
-    from sglang.srt.models import gemma4_mm
-
-    torch.manual_seed(0)
-    model = gemma4_mm.Gemma4ForConditionalGeneration(_tiny_config()).eval()
-    with torch.no_grad():
-        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-            if t.is_floating_point() and "inv_freq" not in name:
-                shift = 1.0 if ("std_scale" in name or "layer_scalar" in name) else 0.0
-                t.copy_(torch.randn_like(t) * 0.5 + shift)
-    yield model
-    override.restore()
-    parallel.clear_stamp()
-    rope_base._is_cpu = saved
+        torch.manual_seed(0)
+        # float32: equal soft tokens then mean equal pixels, not pixels equal after a bfloat16 rounding
+        model = gemma4_mm.Gemma4ForConditionalGeneration(gemma4_tiny.sglang_config(dtype="float32"))
+        yield gemma4_tiny.randomize_(model.eval())
 
 
 def _paired_items(gpt, ip, sizes, seed):
@@ -291,8 +266,7 @@ def _paired_items(gpt, ip, sizes, seed):
 
 @pytest.mark.parametrize("backend", ["torchvision", "pil"])
 def test_soft_tokens_unchanged(gpt, tiny_model, backend):
-    # the tiny tower's geometry: 4x4 patches, 3x3 pooling, 70 soft tokens (630 patches) per image
-    ip = _processors(patch_size=4, max_soft_tokens=70)[backend]
+    ip = _processors(**TINY_GEOMETRY)[backend]
     float_items, uint8_items = _paired_items(gpt, ip, [(96, 96), (40, 130), (150, 60), (84, 120)], seed=40)
     assert any(bool((it.image_position_ids == -1).any()) for it in float_items)  # padding present
     with torch.no_grad():
@@ -312,7 +286,7 @@ def test_only_float_pixels_are_scanned_for_non_finite_values(gpt, tiny_model, mo
     host sync on the default path); float32 pixels are, and NaN among them is a clear error."""
     from sglang.srt.models import gemma4_vision_batching as vb
 
-    ip = _processors(patch_size=4, max_soft_tokens=70)["torchvision"]
+    ip = _processors(**TINY_GEOMETRY)["torchvision"]
     float_items, uint8_items = _paired_items(gpt, ip, [(96, 96), (40, 130)], seed=60)
     scanned = []
     real = vb._non_finite_problems

@@ -8,7 +8,6 @@ The packed variable-length path runs with the real triton_attn vision backend un
 interpreter in a subprocess (CPU twin of the GPU path).
 """
 
-import copy
 import os
 import subprocess
 import sys
@@ -17,42 +16,16 @@ import types
 import pytest
 import torch
 
+import gemma4_tiny
+
 TOL = 2e-5
 
 
-def _config():
-    from transformers import Gemma4Config
-
-    return Gemma4Config(
-        text_config=dict(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            head_dim=32,
-            global_head_dim=32,
-            vocab_size=512,
-            vocab_size_per_layer_input=512,
-            hidden_size_per_layer_input=8,
-            layer_types=["sliding_attention", "full_attention"],
-            sliding_window=16,
-            num_kv_shared_layers=0,
-        ),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            head_dim=16,
-            patch_size=4,
-            pooling_kernel_size=3,
-            position_embedding_size=64,
-            standardize=True,
-        ),
-        audio_config=None,
-    )
+# The tiny model of benchmark/gemma4/make_model_dir.py, in float32 (numerics compared to 2e-5), with the
+# standardize stage of the 26B / 31B towers on (the small tower of the tiny geometry has none; the packed path
+# must keep it) and 4x4-pixel patches (test images of a few patches each).
+VISION_OVERRIDES = dict(standardize=True, patch_size=4)
+CONFIG = dict(vision_overrides=VISION_OVERRIDES, dtype="float32")
 
 
 class _Models:
@@ -61,31 +34,14 @@ class _Models:
     def __init__(self):
         import transformers
 
-        import sglang.srt.layers.rotary_embedding.base as rope_base
-        from sglang.srt import runtime_context as rc
-
-        self._rope_base = rope_base
-        self._saved_is_cpu = rope_base._is_cpu
-        rope_base._is_cpu = True  # else the text rotary embedding imports vllm
-        self._override = rc._CONTEXT.override_server_args(device="cpu")
-        self._override.install()
-        group = types.SimpleNamespace(
-            is_first_rank=True, is_last_rank=True, world_size=1, rank_in_group=0
-        )
-        self._parallel = rc.get_parallel()
-        self._parallel.override_permanently(
-            pp_group=group, tp_group=group, attn_tp_group=group, tp_rank=0, attn_tp_rank=0, pp_rank=0
-        )
+        self._cpu = gemma4_tiny.sglang_on_cpu()
+        self._cpu.__enter__()
         from sglang.srt.models import gemma4_mm
 
-        cfg = _config()
+        cfg = gemma4_tiny.sglang_config(**CONFIG)
         torch.manual_seed(0)
-        self.hf = transformers.Gemma4ForConditionalGeneration(copy.deepcopy(cfg)).eval()
-        with torch.no_grad():
-            for name, t in list(self.hf.named_parameters()) + list(self.hf.named_buffers()):
-                if t.is_floating_point() and "inv_freq" not in name:
-                    shift = 1.0 if ("std_scale" in name or "layer_scalar" in name) else 0.0
-                    t.copy_(torch.randn_like(t) * 0.5 + shift)
+        self.hf = transformers.Gemma4ForConditionalGeneration(gemma4_tiny.hf_config(**CONFIG))
+        gemma4_tiny.randomize_(self.hf.eval())
         self.sg = gemma4_mm.Gemma4ForConditionalGeneration(cfg)
         self.sg.load_weights(list(self.hf.state_dict().items()))
         self.sg.eval()
@@ -101,9 +57,7 @@ class _Models:
         self.calls.update(encoder=0, embed=0)
 
     def close(self):
-        self._override.restore()
-        self._parallel.clear_stamp()
-        self._rope_base._is_cpu = self._saved_is_cpu
+        self._cpu.__exit__(None, None, None)
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +67,12 @@ def models():
     m.close()
 
 
-PATCH_PIXELS = 3 * 4 * 4
-MAX_PATCHES = 81  # 9 soft tokens x 3 x 3
+_VISION = dict(gemma4_tiny.vision(), **VISION_OVERRIDES)
+TEXT_HIDDEN = gemma4_tiny.text()["hidden_size"]
+POSITIONS = _VISION["position_embedding_size"]  # position ids per axis: [0, POSITIONS)
+POOL = _VISION["pooling_kernel_size"] ** 2  # patches pooled into one soft token
+PATCH_PIXELS = 3 * _VISION["patch_size"] ** 2
+MAX_PATCHES = 9 * POOL  # 9 soft tokens
 
 
 def make_image(rows, cols, num_patches=MAX_PATCHES, seed=0):
@@ -200,10 +158,10 @@ def test_chunking_under_small_budget(models):
             kind="image",
             vision_tower=models.sg.vision_tower,
             embed_vision=models.sg.embed_vision,
-            text_hidden_size=64,
+            text_hidden_size=TEXT_HIDDEN,
             dtype=torch.float32,
-            # room for two 81-patch images (and their 81-key scores) per call
-            budget_bytes=2 * 81 * (per_token + 4 * 2 * 81),
+            # room for two full images (and their MAX_PATCHES-key scores) per call
+            budget_bytes=2 * MAX_PATCHES * (per_token + 4 * 2 * MAX_PATCHES),
         )
     assert models.calls == {"encoder": 3, "embed": 1}
     for o, r in zip(out, per_image_reference(models, images)):
@@ -232,9 +190,9 @@ def test_chunk_by_budget_keeps_order_and_oversized_alone():
 def test_empty_input(models):
     models.reset_calls()
     out = models.sg.get_image_feature([])
-    assert isinstance(out, torch.Tensor) and tuple(out.shape) == (0, 64)
+    assert isinstance(out, torch.Tensor) and tuple(out.shape) == (0, TEXT_HIDDEN)
     assert models.calls == {"encoder": 0, "embed": 0}
-    assert tuple(models.sg.get_video_feature([]).shape) == (0, 64)
+    assert tuple(models.sg.get_video_feature([]).shape) == (0, TEXT_HIDDEN)
 
 
 # --------------------------------------------------------------------------- order and storage
@@ -242,8 +200,8 @@ def test_empty_input(models):
 
 def test_order_with_interleaved_precomputed_embeddings(models):
     a, b, c, d = (make_image(6, 9, seed=20 + i) for i in range(4))
-    pre1 = torch.randn(5, 64)
-    pre2 = torch.randn(1, 3, 64)
+    pre1 = torch.randn(5, TEXT_HIDDEN)
+    pre2 = torch.randn(1, 3, TEXT_HIDDEN)
     items = [
         image_item([a]),
         types.SimpleNamespace(feature=pre1, image_position_ids=None),
@@ -348,9 +306,10 @@ def test_position_embeddings_gather_matches_one_hot():
         (lambda pv, pp: dict(feature=pv[None], image_position_ids=pp[None, :40]), "does not match"),
         (lambda pv, pp: dict(feature=torch.stack([pv, pv]), image_position_ids=pp[None]), "does not match"),
         (lambda pv, pp: dict(feature=pv[None, :, :40], image_position_ids=pp[None]), "values per patch"),
-        (lambda pv, pp: dict(feature=pv[None], image_position_ids=(pp + 100)[None]), r"\[0, 64\)"),
+        (lambda pv, pp: dict(feature=pv[None], image_position_ids=(pp + POSITIONS)[None]), rf"\[0, {POSITIONS}\)"),
         (lambda pv, pp: dict(feature=pv[None], image_position_ids=torch.full_like(pp, -1)[None]), "padding"),
-        (lambda pv, pp: dict(feature=pv[None, :80], image_position_ids=pp[None, :80]), "multiple of 9"),
+        (lambda pv, pp: dict(feature=pv[None, :MAX_PATCHES - 1], image_position_ids=pp[None, :MAX_PATCHES - 1]),
+         f"multiple of {POOL}"),
         (lambda pv, pp: dict(feature=pv[None], image_position_ids=pp[None].float()), "integer"),
     ],
 )

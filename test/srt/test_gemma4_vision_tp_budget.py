@@ -130,8 +130,8 @@ report["agreed"] = [list(c.segments) for c in vb.plan_encoder_calls(segs, group=
 import test_gemma4_vision_batching as tb
 m = tb._Models()
 vb.tower_tp_cpu_group = lambda: dist.group.WORLD
-per_tok = vb.encoder_bytes_per_token(m.cfg.vision_config, torch.float32, attention_len=81)
-vb.free_device_bytes = lambda device: 2 * free_mib["tiny_images"][rank] * 81 * per_tok
+per_tok = vb.encoder_bytes_per_token(m.cfg.vision_config, torch.float32, attention_len=tb.MAX_PATCHES)
+vb.free_device_bytes = lambda device: 2 * free_mib["tiny_images"][rank] * tb.MAX_PATCHES * per_tok
 images = [tb.make_image(9, 9, seed=200 + i) for i in range(6)]
 m.reset_calls()
 with torch.no_grad():
