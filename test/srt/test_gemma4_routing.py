@@ -648,3 +648,40 @@ def test_outputs_stay_inside_their_rows_cpu(tmp_path):
         + (f" (signal {-proc.returncode})" if proc.returncode < 0 else "")
         + f"\n--- stdout ---\n{proc.stdout[-3000:]}\n--- stderr ---\n{proc.stderr[-3000:]}"
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory safety: the rounds kernel runs BLOCK_K rounds; with E < BLOCK_K the rounds past E pick no expert,
+# and their scale fetch must stay inside the E scales. The scales end just before a PROT_NONE page, so a
+# read past them is a segmentation fault (in a subprocess, under the interpreter).
+
+_GUARD_PAGE = r"""
+import ctypes, mmap
+import torch
+from sglang.kernels.ops.moe import gemma4_routing_network as rn
+
+E, K = 10, 9  # BLOCK_K = 16: rounds 10..15 pick no expert
+page = mmap.PAGESIZE
+buf = mmap.mmap(-1, 2 * page, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+libc = ctypes.CDLL(None)
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+assert libc.mprotect(ctypes.c_void_p(addr + page), page, 0) == 0
+scale = torch.frombuffer(buf, dtype=torch.float32, count=E, offset=page - 4 * E)
+scale.copy_(torch.linspace(0.5, 1.5, E))
+logits = torch.randn(5, E, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+w, ids = rn.gemma4_routing_forced_launch(logits, scale, K, method="rounds")
+want = torch.topk(logits.float(), K, dim=-1).indices
+assert torch.equal(ids.long().sort(-1).values, want.sort(-1).values), (ids, want)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or not sys.platform.startswith("linux"),
+                    reason="CPU (interpreter) test on Linux: mprotect guard page")
+def test_rounds_kernel_never_reads_past_the_scales(tmp_path):
+    script = tmp_path / "guard_page.py"
+    script.write_text(_GUARD_PAGE)
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), (proc.returncode, proc.stderr[-2000:])

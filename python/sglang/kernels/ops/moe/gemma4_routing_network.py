@@ -482,8 +482,10 @@ def _gemma4_routing_rounds_kernel(
             gap = limit[None, :, None] - key
             best = limit - tl.min(tl.min(gap, axis=0), axis=1)
             acc = tl.where(slot[None, :] == j, best[:, None], acc)
-            # Fetch the expert's scale now, so its latency hides behind the next rounds.
-            scale_j = tl.load(scale_ptr + (1023 - (best & 1023)).to(tl.int32)).to(tl.float32)
+            # Fetch the expert's scale now, so its latency hides behind the next rounds. Rounds past
+            # E (E < BLOCK_K) pick no expert: their id is masked, never read past the scales.
+            eid = (1023 - (best & 1023)).to(tl.int32)
+            scale_j = tl.load(scale_ptr + eid, mask=eid < E, other=0.0).to(tl.float32)
             scale_acc = tl.where(slot[None, :] == j, scale_j[:, None], scale_acc)
             if j == 0:
                 top_key = best
@@ -494,7 +496,8 @@ def _gemma4_routing_rounds_kernel(
             gap = limit[None, :, None] - key
             best = limit - tl.min(tl.min(gap, axis=0), axis=1)
             acc = tl.where(slot[None, :] == j, best[:, None], acc)
-            scale_j = tl.load(scale_ptr + (1023 - (best & 1023)).to(tl.int32)).to(tl.float32)
+            eid = (1023 - (best & 1023)).to(tl.int32)
+            scale_j = tl.load(scale_ptr + eid, mask=eid < E, other=0.0).to(tl.float32)
             scale_acc = tl.where(slot[None, :] == j, scale_j[:, None], scale_acc)
             top_key = tl.where(j == 0, best, top_key)
             limit = best - 1
