@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-# Helper modules of the tests (gemma4_tiny, ...) live beside them in test/srt.
+# Helper modules of the tests (gemma4_tiny, fake_sglang_server, ...) live beside them in test/srt.
 SRT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "srt")
 if SRT not in sys.path:
     sys.path.insert(0, SRT)
@@ -39,3 +39,30 @@ def pytest_collection_modifyitems(config, items):
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
 
+
+@pytest.fixture(scope="module")
+def fake_sglang_server():
+    """A fake sglang HTTP server (test/srt/fake_sglang_server.py) in this process, ready on a free loopback
+    port for the module's tests; ``.url``, ``.port``, ``.requests`` (bodies received), ``.bad_generate``."""
+    import fake_sglang_server as fake
+
+    srv = fake.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def make_fake_sglang_server():
+    """Start fake sglang HTTP servers with options of a test's own (``fake_sglang_server.start``'s keywords:
+    model, token_delay_ms, first_token_ms, fail_every, accept_length, ...); all are stopped after the test."""
+    import fake_sglang_server as fake
+
+    servers = []
+
+    def make(**options):
+        servers.append(fake.start(**options))
+        return servers[-1]
+
+    yield make
+    for srv in servers:
+        srv.stop()

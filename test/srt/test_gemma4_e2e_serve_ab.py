@@ -1,13 +1,14 @@
 """benchmark/gemma4/serve_ab.py end to end on CPU, against a stand-in server.
 
-The stand-in server (this file run as a script, ``--standin``) is a separate process speaking the HTTP API that
-``python -m sglang.bench_serving`` uses with ``--backend sglang-oai-chat``: /health, /health_generate,
-/v1/models, /model_info, /server_info, /flush_cache and streaming /v1/chat/completions. serve_ab starts it
-through ``--server-cmd``. It prints the log lines serve_ab reads (pool sizes, scheduler line, series line, KV
-split line; a serving-time compile line only while it serves a chosen request, so that the line lands in one
-pass) and one line per request with a hash of the messages, so that a test can tell which prompts each pass
-sent. The "upstream" stand-in streams tokens slower than the "patched" one, so the table must show the
-patched engine ahead; that direction is measured, not written in.
+The stand-in server (test/srt/fake_sglang_server.py run as a program) is a separate process speaking the HTTP
+API that ``python -m sglang.bench_serving`` uses with ``--backend sglang-oai-chat``: /health, /health_generate,
+/v1/models, /model_info, /server_info, /flush_cache and streaming /v1/chat/completions (every video part it
+receives checked: a RIFF/AVI of whole JPEG frames). serve_ab starts it through ``--server-cmd``. It prints the
+log lines serve_ab reads (pool sizes, scheduler line, series line, KV split line; a serving-time compile line
+only while it serves a chosen request, so that the line lands in one pass), one line per request with a hash of
+the messages, so that a test can tell which prompts each pass sent, and one line per video it accepted. The
+"upstream" stand-in streams tokens slower than the "patched" one, so the table must show the patched engine
+ahead; that direction is measured, not written in.
 
 The load generator: ``test_real_bench_serving`` drives the REAL installed ``python -m sglang.bench_serving``
 (flags, seeds, image dataset, output file). Each of its processes spends about 10 s importing sglang, so the
@@ -20,8 +21,6 @@ server that dies during the benchmark; each must give a clear error and leave no
 """
 
 import argparse
-import base64
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -31,7 +30,6 @@ import re
 import shutil
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import threading
@@ -44,227 +42,7 @@ MAKE_DIR = os.path.join(REPO, "benchmark", "gemma4", "make_model_dir.py")
 SERIES_PY = os.path.join(REPO, "python", "sglang", "srt", "gemma4_series.py")
 THIS = os.path.abspath(__file__)
 
-POOLS = {"upstream": (3337548, 2670038), "patched": (7787613, 6230090)}
-ACCEPT_BASE = {"upstream": 2.5, "patched": 3.0}
-SERIES_LINE = ("Gemma-4 series 0.5.23+gemma4.10 on sglang==0.5.23: 0001-gemma4-series-manifest, "
-               "0022-gemma4-swa-ratio-policy")
-KV_SPLIT_LINE = "Gemma-4 KV split: swa_full_tokens_ratio=0.3 (geometry of the model)"
-
-
-# ---------------------------------------------------------------------------------------------------------
-# AVI reading (independent of the video client's writer): what the stand-in server checks of a video part
-# ---------------------------------------------------------------------------------------------------------
-def avi_info(data):
-    """Walk a RIFF/AVI file: the main header's frame count and size, the stream's codec and rate, the frames of
-    the 'movi' list (each must be a whole JPEG) and the idx1 entries. ValueError when it is no such file."""
-    if data[:4] != b"RIFF" or data[8:12] != b"AVI ":
-        raise ValueError("not a RIFF AVI file")
-    if struct.unpack("<I", data[4:8])[0] != len(data) - 8:
-        raise ValueError("RIFF size does not match the file")
-    info = {"frames": None, "width": None, "height": None, "handler": None, "codec": None, "rate": None,
-            "jpegs": [], "index": [], "movi_at": None}
-
-    def walk(start, end):
-        pos = start
-        while pos + 8 <= end:
-            fourcc, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
-            body = data[pos + 8:pos + 8 + size]
-            if len(body) != size:
-                raise ValueError(f"chunk {fourcc!r} at {pos} runs past the end")
-            if fourcc == b"LIST":
-                if body[:4] == b"movi":
-                    info["movi_at"] = pos + 8
-                walk(pos + 12, pos + 8 + size)
-            elif fourcc == b"avih":
-                vals = struct.unpack("<14I", body)
-                info["frames"], info["width"], info["height"] = vals[4], vals[8], vals[9]
-            elif fourcc == b"strh":
-                info["handler"], info["rate"] = body[4:8], struct.unpack("<II", body[20:28])
-            elif fourcc == b"strf":
-                info["codec"] = body[16:20]
-            elif fourcc == b"00dc":
-                if body[:2] != b"\xff\xd8" or body[-2:] != b"\xff\xd9":
-                    raise ValueError(f"frame at {pos} is not a whole JPEG")
-                info["jpegs"].append((pos, body))
-            elif fourcc == b"idx1":
-                info["index"] = [struct.unpack("<4sIII", body[i:i + 16]) for i in range(0, size, 16)]
-            pos += 8 + size + (size & 1)
-
-    walk(12, len(data))
-    return info
-
-
-def video_parts(content):
-    """The decoded videos of a message's content parts (data URLs of type video_url)."""
-    if not isinstance(content, list):
-        return []
-    out = []
-    for part in content:
-        if part.get("type") == "video_url":
-            url = part["video_url"]["url"]
-            if not url.startswith("data:video/") or ";base64," not in url:
-                raise ValueError(f"not a base64 video data URL: {url[:40]!r}")
-            out.append(base64.b64decode(url.split(",", 1)[1], validate=True))
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------------
-# stand-in server
-# ---------------------------------------------------------------------------------------------------------
-def _standin_main(argv):
-    import http.server
-
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--standin", action="store_true")
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--engine", required=True)
-    ap.add_argument("--token-delay-ms", type=float, default=1.0)
-    ap.add_argument("--startup-s", type=float, default=0.3)
-    ap.add_argument("--mode", default="ok", choices=["ok", "exit-early", "never-ready", "die-on-request"])
-    ap.add_argument("--die-after", type=int, default=2, help="die-on-request: exit on request die_after + 1")
-    ap.add_argument("--compile-on-request", default="",
-                    help="comma list of N:S: request N logs a compile line after stalling S seconds")
-    ap.add_argument("--no-log-facts", action="store_true", help="no pool/scheduler/series lines")
-    ap.add_argument("--no-video-decoder", action="store_true",
-                    help="answer every video request 400, as sglang 0.5.23 does without torchcodec or decord")
-    ap.add_argument("--record", default=None, help="directory for one JSON line per start (argv, env)")
-    ns, server_args = ap.parse_known_args(argv)
-    if ns.host != "127.0.0.1":
-        raise SystemExit("stand-in listens on loopback only")
-    if ns.record:
-        with open(os.path.join(ns.record, "starts.jsonl"), "a") as f:
-            f.write(json.dumps({"engine": ns.engine, "server_args": server_args, "pid": os.getpid(),
-                                "vlm_cache_mb": os.environ.get("SGLANG_VLM_CACHE_SIZE_MB")}) + "\n")
-    if ns.mode == "exit-early":
-        print("stand-in: simulated crash during start-up", flush=True)
-        sys.exit(3)
-    spec = "--speculative-algorithm" in server_args
-    compile_at = {int(x.split(":")[0]): float(x.split(":")[1]) for x in ns.compile_on_request.split(",") if x}
-    lock = threading.Lock()
-
-    def log(msg):
-        with lock:
-            print(f"[2026-12-01 10:00:00 TP0] {msg}", flush=True)
-
-    if not ns.no_log_facts:
-        full, swa = POOLS[ns.engine]
-        log(f"Use sliding window memory pool. full_layer_tokens={full}, swa_layer_tokens={swa}")
-        log(f"max_total_num_tokens={full}, chunked_prefill_size=8192, max_prefill_tokens=16384, "
-            f"max_running_requests={48 if spec else 4096}, context_len=131072, available_gpu_mem=12.34 GB")
-        if ns.engine == "patched":
-            log(SERIES_LINE)
-            log(KV_SPLIT_LINE)
-    started = time.monotonic()
-    ready = threading.Event()
-    state = {"requests": 0, "since_flush": 0}
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.0"
-
-        def log_message(self, *a):  # quiet
-            pass
-
-        def _json(self, code, obj):
-            body = json.dumps(obj).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self):
-            up = ready.is_set()
-            if self.path in ("/health", "/health_generate"):
-                return self._json(200 if up else 503, {"ok": up})
-            if not up:
-                return self._json(503, {"error": "starting"})
-            if self.path == "/v1/models":
-                return self._json(200, {"object": "list", "data": [{"id": ns.model, "object": "model"}]})
-            if self.path in ("/model_info", "/get_model_info"):
-                return self._json(200, {"model_path": ns.model, "tokenizer_path": ns.model})
-            if self.path in ("/server_info", "/get_server_info"):
-                internal = {}
-                with lock:
-                    if spec and state["since_flush"]:
-                        # Grows with the requests since the last flush: a pass that was not preceded by a flush
-                        # reports a different value than one that was.
-                        internal["avg_spec_accept_length"] = ACCEPT_BASE[ns.engine] + 0.001 * state["since_flush"]
-                return self._json(200, {"internal_states": [internal], "engine": ns.engine})
-            return self._json(404, {"error": self.path})
-
-        def do_POST(self):
-            n = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(n) if n else b""
-            if self.path.split("?")[0] in ("/flush_cache", "/reset_prefix_cache"):
-                with lock:
-                    state["since_flush"] = 0
-                log("Cache flushed successfully!")
-                return self._json(200, {})
-            if self.path != "/v1/chat/completions":
-                return self._json(404, {"error": self.path})
-            body = json.loads(raw or b"{}")
-            with lock:
-                state["requests"] += 1
-                state["since_flush"] += 1
-                k = state["requests"]
-            digest = hashlib.sha1(json.dumps(body["messages"], sort_keys=True).encode()).hexdigest()[:16]
-            log(f"stand-in request {k} hash {digest}")
-            # as sglang's scheduler logs it: here, the requests since the last flush
-            log(f"Decode batch, #running-req: {state['since_flush']}, #token: 0, token usage: 0.00, ")
-            if ns.mode == "die-on-request" and k > ns.die_after:
-                os._exit(7)
-            if k in compile_at:
-                time.sleep(compile_at[k])
-                log(f"Triton kernel 'stand_in_kernel_r{k}' took 1.25 s to compile after serving started. "
-                    "Serving-time compilation can stall the engine; pre-compile it during engine init.")
-            out_len = int(body.get("max_completion_tokens") or body.get("max_tokens") or 16)
-            content = body["messages"][0]["content"]
-            n_images = sum(1 for c in content if c.get("type") == "image_url") if isinstance(content, list) else 0
-            prompt_tokens, frames = 1, 0
-            try:
-                if ns.no_video_decoder and video_parts(content):
-                    raise ValueError("No module named 'decord'")
-                for video in video_parts(content):
-                    info = avi_info(video)
-                    if info["frames"] != len(info["jpegs"]):
-                        raise ValueError(f"header says {info['frames']} frames, the file holds {len(info['jpegs'])}")
-                    frames += info["frames"]
-                    log(f"stand-in video frames={info['frames']} size={info['width']}x{info['height']} "
-                        f"codec={info['codec'].decode()} bytes={len(video)}")
-            except (ValueError, KeyError, struct.error) as e:  # as sglang answers a video it cannot decode
-                return self._json(400, {"object": "error", "message": f"Could not decode video: {e}"})
-            if frames:
-                prompt_tokens = 10 + 64 * frames
-            time.sleep(0.002 * n_images + 0.0005 * frames)
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.end_headers()
-            for i in range(out_len):
-                time.sleep(ns.token_delay_ms / 1000.0)
-                chunk = {"id": "x", "object": "chat.completion.chunk", "model": ns.model,
-                         "choices": [{"index": 0, "delta": {"content": "the " if i else "world "}}]}
-                self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-                self.wfile.flush()
-            final = {"id": "x", "object": "chat.completion.chunk", "model": ns.model, "choices": [],
-                     "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": out_len,
-                               "total_tokens": out_len + prompt_tokens}}
-            self.wfile.write(b"data: " + json.dumps(final).encode() + b"\n\ndata: [DONE]\n\n")
-            self.wfile.flush()
-
-    httpd = http.server.ThreadingHTTPServer((ns.host, ns.port), Handler)
-    httpd.daemon_threads = True
-    print(f"stand-in {ns.engine} on {ns.host}:{ns.port} serving {ns.model}; args {server_args}", flush=True)
-
-    def _ready_later():
-        if ns.mode == "never-ready":
-            return
-        time.sleep(max(0.0, ns.startup_s - (time.monotonic() - started)))
-        ready.set()
-
-    threading.Thread(target=_ready_later, daemon=True).start()
-    httpd.serve_forever()
+FAKE_SERVER = os.path.join(os.path.dirname(THIS), "fake_sglang_server.py")  # the stand-in server
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -368,13 +146,14 @@ def _client_main(argv):
     sys.exit(0 if len(ok) == ns.num_prompts else 1)
 
 
-if __name__ == "__main__" and "--standin" in sys.argv:
-    _standin_main(sys.argv[1:])
-    sys.exit(0)
 if __name__ == "__main__" and "--client" in sys.argv:
     _client_main(sys.argv[1:])
 
-import pytest  # noqa: E402  (after the script modes, which do not need it)
+import pytest  # noqa: E402  (after the script mode, which does not need it)
+
+if os.path.dirname(THIS) not in sys.path:  # also when the stand-in client loads this file by its path
+    sys.path.insert(0, os.path.dirname(THIS))
+from fake_sglang_server import ACCEPT_BASE, KV_SPLIT_LINE, POOLS, SERIES_LINE  # noqa: E402
 
 INSTALLED = importlib.metadata.version("sglang")  # the engine the tests' python imports
 
@@ -400,14 +179,14 @@ def _free_port():
 
 
 def _standin_cmd(extra=""):
-    return (f"{sys.executable} {THIS} --standin --host {{host}} --port {{port}} --model {{model}} "
+    return (f"{sys.executable} {FAKE_SERVER} --host {{host}} --port {{port}} --model {{model}} "
             f"--engine {{engine}} {extra} {{server_args}}")
 
 
 def _speed_cmd(extra=""):
     # {engine} selects the speed: the upstream stand-in streams 6x slower per token.
-    return ("sh -c 'd=1; [ \"$0\" = upstream ] && d=6; exec " + sys.executable + " " + THIS +
-            " --standin --host {host} --port {port} --model {model} --engine $0 --token-delay-ms $d " + extra +
+    return ("sh -c 'd=1; [ \"$0\" = upstream ] && d=6; exec " + sys.executable + " " + FAKE_SERVER +
+            " --host {host} --port {port} --model {model} --engine $0 --token-delay-ms $d " + extra +
             " \"$@\"' {engine} {server_args}")
 
 
@@ -667,7 +446,7 @@ def test_dry_run_prints_plan_without_starting_anything(tiny_dir, tmp_path):
         assert cmd.count("--num-prompts") == 1 and cmd.count("--seed") == 1
     seeds = [(c[c.index("--seed") + 1], c[c.index("--num-prompts") + 1]) for c in benches]
     assert seeds == [("1", "3"), ("2", "5"), ("3", "5")] * 4
-    launch = [ln for ln in out.splitlines() if "--standin" in ln]
+    launch = [ln for ln in out.splitlines() if FAKE_SERVER in ln]
     assert len(launch) == 4 and all("--speculative-algorithm NEXTN" in ln and "--speculative-num-draft-tokens 4" in ln
                                     for ln in launch)
     assert "--disable-radix-cache" in launch[2] and "--disable-radix-cache" not in launch[0]

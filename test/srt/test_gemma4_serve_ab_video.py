@@ -3,21 +3,19 @@
 What it sends (the chat body and its content parts, the AVI file read back by a reader of its own and its JPEG
 frames by Pillow, seeds that differ per pass and request and repeat exactly), its argument checks, the metrics
 it writes (bench_serving's keys, run through serve_ab's own result reader, summary and report), its timing and
-concurrency against a small streaming server in this process, and, where this machine has a decoder sglang
-0.5.23 uses (torchcodec with FFmpeg's libraries, or decord), the video decoded by sglang's own loader and cut by
-the Gemma-4 processor's frame sampling. The end-to-end runs of serve_ab with the video workloads are in
-test_gemma4_e2e_serve_ab.py (its stand-in server checks every video part it receives).
+concurrency against the fake sglang server (test/srt/fake_sglang_server.py) in this process, which checks every
+video it receives, and, where this machine has a decoder sglang 0.5.23 uses (torchcodec with FFmpeg's
+libraries, or decord), the video decoded by sglang's own loader and cut by the Gemma-4 processor's frame
+sampling. The end-to-end runs of serve_ab with the video workloads are in
+test_gemma4_e2e_serve_ab.py (against the same fake server, run as a program).
 """
 
 import base64
-import http.server
-import importlib.util
 import io
 import json
 import os
+import re
 import sys
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -32,18 +30,8 @@ from benchkit.ab_report import render_markdown  # noqa: E402
 from benchkit.ab_summary import compare_rows, summarise  # noqa: E402
 from benchkit.ab_workloads import METRICS, WORKLOADS  # noqa: E402
 
-
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-# The AVI reader the stand-in server uses (written apart from the client's writer).
-e2e = _load("serve_ab_e2e_for_video", os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                    "test_gemma4_e2e_serve_ab.py"))
+# The fake server, and its AVI reader (written apart from the client's writer).
+import fake_sglang_server as fake  # noqa: E402
 
 
 def _opts(**kw):
@@ -56,7 +44,7 @@ def _opts(**kw):
 
 def _video_of(body_bytes):
     body = json.loads(body_bytes)
-    (video,) = e2e.video_parts(body["messages"][0]["content"])
+    (video,) = fake.video_parts(body["messages"][0]["content"])
     return video
 
 
@@ -122,7 +110,7 @@ def test_serve_ab_workloads_pass_valid_client_arguments():
 def test_avi_holds_every_frame_as_an_indexed_jpeg_of_the_generated_pixels():
     key = av.content_key(5, 12, 32, 40, False, 3)
     video = av.make_video(key, 12, 32, 40, fps=4, quality=90)
-    info = e2e.avi_info(video)
+    info = fake.avi_info(video)
     assert (info["frames"], info["width"], info["height"]) == (12, 40, 32)
     assert (info["handler"], info["codec"], info["rate"]) == (b"MJPG", b"MJPG", (1, 4))  # scale 1, rate 4 fps
     assert len(info["jpegs"]) == 12 and any(len(b) % 2 for _, b in info["jpegs"])  # odd sizes are padded
@@ -167,7 +155,7 @@ def test_videos_differ_by_pass_request_and_shape_and_repeat_for_the_same_seed():
     videos = [_video_of(b) for b in warm + timed]
     assert len(set(videos)) == 5  # every request of a pass, warm-up requests included, has its own video
     for v in videos:
-        info = e2e.avi_info(v)
+        info = fake.avi_info(v)
         assert (info["frames"], info["width"], info["height"], len(info["jpegs"])) == (3, 48, 32, 3)
     texts = [json.loads(b)["messages"][0]["content"][1]["text"] for b in timed]
     assert all(t.startswith(av.INSTRUCTION) for t in texts) and len(set(texts)) == 4
@@ -175,10 +163,10 @@ def test_videos_differ_by_pass_request_and_shape_and_repeat_for_the_same_seed():
     assert not {_video_of(b) for b in other_pass} & set(videos)
     # video8 and video32 on one server with the same seed: not even their first frames agree.
     _, longer = bodies(frames=4)
-    first = {e2e.avi_info(v)["jpegs"][0][1] for v in videos}
-    assert not {e2e.avi_info(_video_of(b))["jpegs"][0][1] for b in longer} & first
+    first = {fake.avi_info(v)["jpegs"][0][1] for v in videos}
+    assert not {fake.avi_info(_video_of(b))["jpegs"][0][1] for b in longer} & first
     _, bigger = bodies(height=40)
-    assert e2e.avi_info(_video_of(bigger[0]))["height"] == 40
+    assert fake.avi_info(_video_of(bigger[0]))["height"] == 40
 
 
 # --------------------------------------------------------------------------
@@ -230,86 +218,23 @@ def test_metrics_follow_bench_serving_and_feed_serve_ab_summary(tmp_path):
 # --------------------------------------------------------------------------
 # one pass against a streaming server in this process
 # --------------------------------------------------------------------------
-class _Server:
-    """Streams ``tokens`` chunks after ``first_s``, one every ``step_s``; records bodies and in-flight peak."""
-
-    def __init__(self, first_s=0.08, step_s=0.02, fail_every=0):
-        self.first_s, self.step_s, self.fail_every = first_s, step_s, fail_every
-        self.bodies, self.inflight, self.peak, self.lock = [], 0, 0, threading.Lock()
-        srv = self
-
-        class H(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.0"
-
-            def log_message(self, *a):
-                pass
-
-            def _json(self, code, obj):
-                data = json.dumps(obj).encode()
-                self.send_response(code)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self):
-                if self.path == "/v1/models":
-                    return self._json(200, {"data": [{"id": "served-model"}]})
-                if self.path == "/server_info":
-                    return self._json(200, {"internal_states": [{"avg_spec_accept_length": 2.5}]})
-                return self._json(404, {})
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with srv.lock:
-                    srv.bodies.append(body)
-                    k = len(srv.bodies)
-                    srv.inflight += 1
-                    srv.peak = max(srv.peak, srv.inflight)
-                try:
-                    if srv.fail_every and k % srv.fail_every == 0:
-                        return self._json(400, {"message": "Could not decode video"})
-                    n = body["max_completion_tokens"]
-                    self.send_response(200)
-                    self.send_header("Content-Type", "text/event-stream")
-                    self.end_headers()
-                    time.sleep(srv.first_s)
-                    for i in range(n):
-                        if i:
-                            time.sleep(srv.step_s)
-                        chunk = {"choices": [{"index": 0, "delta": {"content": "tok "}}]}
-                        self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-                        self.wfile.flush()
-                    usage = {"choices": [], "usage": {"prompt_tokens": 700, "completion_tokens": n}}
-                    self.wfile.write(b"data: " + json.dumps(usage).encode() + b"\n\ndata: [DONE]\n\n")
-                finally:
-                    with srv.lock:
-                        srv.inflight -= 1
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def test_one_pass_times_streams_and_bounds_concurrency(tmp_path, capsys):
-    srv = _Server()
+def test_one_pass_times_streams_and_bounds_concurrency(tmp_path, capsys, make_fake_sglang_server):
+    # 80 ms to the first token, 20 ms before each one after it
+    srv = make_fake_sglang_server(model="served-model", first_token_ms=80, token_delay_ms=20, accept_length=2.5)
     out = tmp_path / "r.jsonl"
-    try:
-        rc = av.main(["--port", str(srv.port), "--frames", "2", "--resolution", "32x32", "--num-prompts", "6",
-                      "--max-concurrency", "2", "--output-len", "4", "--warmup-requests", "1", "--seed", "4",
-                      "--output-file", str(out), "--random-output-len", "9"])
-    finally:
-        srv.close()
+    rc = av.main(["--port", str(srv.port), "--frames", "2", "--resolution", "32x32", "--num-prompts", "6",
+                  "--max-concurrency", "2", "--output-len", "4", "--warmup-requests", "1", "--seed", "4",
+                  "--output-file", str(out), "--random-output-len", "9"])
     assert rc == 0, capsys.readouterr()
     res = json.loads(out.read_text().splitlines()[-1])
     assert (res["completed"], res["failed"], res["model"], res["accept_length"]) == (6, 0, "served-model", 2.5)
-    assert len(srv.bodies) == 7 and srv.peak == 2  # 1 warm-up + 6 timed, never more than 2 in flight
-    assert all(b["model"] == "served-model" and b["max_completion_tokens"] == 4 for b in srv.bodies)
-    assert (res["total_output_tokens"], res["total_input_tokens"]) == (24, 4200)
+    assert len(srv.requests) == 7 and srv.peak_in_flight == 2  # 1 warm-up + 6 timed, never more than 2 in flight
+    assert all(b["model"] == "served-model" and b["max_completion_tokens"] == 4 for b in srv.requests)
+    # the server's usage: 10 + 64 prompt tokens per frame of the request's video
+    assert (res["total_output_tokens"], res["total_input_tokens"]) == (24, 6 * (10 + 64 * 2))
+    videos = [ln for ln in srv.log_lines if ln.startswith("stand-in video ")]
+    assert len(videos) == 7 and all(re.fullmatch(r"stand-in video frames=2 size=32x32 codec=MJPG bytes=\d+", ln)
+                                    for ln in videos)
     # 80 ms to the first token, 20 ms per token after it; 6 requests, 2 at a time: 3 rounds of about 140 ms.
     assert 75 <= res["median_ttft_ms"] < 200 and 18 <= res["median_tpot_ms"] < 60
     assert 0.4 <= res["duration"] < 2.0 and res["request_throughput"] == pytest.approx(6 / res["duration"])
@@ -317,18 +242,16 @@ def test_one_pass_times_streams_and_bounds_concurrency(tmp_path, capsys):
     assert "Successful requests:                     6" in capsys.readouterr().out
 
 
-def test_failed_requests_are_counted_and_reported(tmp_path, capsys):
-    srv = _Server(first_s=0.0, step_s=0.0, fail_every=2)
+def test_failed_requests_are_counted_and_reported(tmp_path, capsys, make_fake_sglang_server):
+    srv = make_fake_sglang_server(model="served-model", token_delay_ms=0, fail_every=2)
     out = tmp_path / "r.jsonl"
-    try:
-        rc = av.main(["--port", str(srv.port), "--frames", "1", "--resolution", "32x32", "--num-prompts", "4",
-                      "--max-concurrency", "1", "--warmup-requests", "0", "--output-file", str(out)])
-    finally:
-        srv.close()
+    rc = av.main(["--port", str(srv.port), "--frames", "1", "--resolution", "32x32", "--num-prompts", "4",
+                  "--max-concurrency", "1", "--warmup-requests", "0", "--output-file", str(out)])
     assert rc == 0
     res = json.loads(out.read_text())
     assert (res["completed"], res["failed"]) == (2, 2)
-    assert res["errors"] == ['HTTP 400 Bad Request: {"message": "Could not decode video"}'] * 2
+    assert res["errors"] == ['HTTP 400 Bad Request: {"object": "error", "message": '
+                             '"Could not decode video: refused (--fail-every 2)"}'] * 2
     assert "request error: HTTP 400" in capsys.readouterr().out
 
 
@@ -370,7 +293,7 @@ def test_sglang_loader_decodes_the_video_and_gemma4_keeps_its_frames():
     # Frame i decoded is Pillow's decoding of JPEG i, up to the colour conversion (FFmpeg's chroma upsampling
     # differs from libjpeg's, a lot on noise), and far from every other frame.
     refs = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB"), dtype=int).transpose(2, 0, 1)
-            for _, b in e2e.avi_info(video)["jpegs"]]
+            for _, b in fake.avi_info(video)["jpegs"]]
     for i in range(8):
         errs = [np.abs(t[i].numpy().astype(int) - r).mean() for r in refs]
         assert int(np.argmin(errs)) == i and errs[i] < 20 and errs[i] < 0.4 * min(errs[:i] + errs[i + 1:]), errs

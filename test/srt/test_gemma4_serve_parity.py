@@ -23,6 +23,8 @@ import time
 
 import pytest
 
+import fake_sglang_server as fake
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BENCH = os.path.join(REPO, "benchmark", "gemma4")
 SCRIPT = os.path.join(BENCH, "serve_parity.py")
@@ -39,92 +41,9 @@ def _load(name, path):
 sp = _load("gemma4_serve_parity", SCRIPT)
 mmd = _load("gemma4_make_model_dir_for_parity", os.path.join(BENCH, "make_model_dir.py"))
 
-# A stand-in for sglang's HTTP server: /health, /server_info and /generate in sglang's answer shape. Output
-# tokens are a deterministic function of the prompt text; answers are delayed by a prompt-dependent amount so
-# that concurrent requests finish out of order. Every request body is appended to REQUESTS (and, when run as
-# a program, to the file named by STANDIN_LOG).
-STANDIN = textwrap.dedent(
-    '''
-    import base64, hashlib, io, json, os, sys, threading, time
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    REQUESTS = []
-    LOCK = threading.Lock()
-    MODE = {"bad": False}
-
-    def answer(req):
-        text = req["text"]
-        m = req["sampling_params"]["max_new_tokens"]
-        h = hashlib.sha256(text.encode()).digest()
-        ids = [200 + (h[i % 32] * 7 + i * 13) % 800 for i in range(m)]
-        lps = [-0.5 - (h[(i + 5) % 32] % 50) / 10.0 for i in range(m)]
-        top = [[[lp, t, None], [lp - 0.25, t + 1, None]] for lp, t in zip(lps, ids)]
-        images = len(req.get("image_data") or [])
-        prompt_tokens = 1 + len(text.split()) + 256 * images
-        meta = {"id": h.hex()[:8], "finish_reason": {"type": "length", "length": m},
-                "prompt_tokens": prompt_tokens, "completion_tokens": m, "cached_tokens": 0,
-                "output_token_logprobs": [[lp, t, None] for lp, t in zip(lps, ids)],
-                "output_top_logprobs": top, "e2e_latency": 0.01}
-        if MODE["bad"]:
-            meta.pop("output_token_logprobs")
-        return {"text": " ".join("w%d" % t for t in ids), "output_ids": ids, "meta_info": meta}
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-
-        def _send(self, code, obj):
-            body = json.dumps(obj).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self):
-            if self.path == "/health":
-                self._send(200, {})
-            elif self.path == "/server_info":
-                self._send(200, {"version": "0.5.23-standin", "attention_backend": "triton",
-                                 "disable_radix_cache": True, "argv": sys.argv[1:]})
-            else:
-                self._send(404, {"error": self.path})
-
-        def do_POST(self):
-            req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            with LOCK:
-                REQUESTS.append(req)
-                if os.environ.get("STANDIN_LOG"):
-                    with open(os.environ["STANDIN_LOG"], "a") as f:
-                        f.write(json.dumps({"argv": sys.argv[1:], "text": req["text"]}) + "\\n")
-            if self.path != "/generate":
-                return self._send(404, {"error": self.path})
-            if "<fail>" in req["text"]:
-                return self._send(400, {"error": "bad prompt"})
-            time.sleep((hashlib.sha256(req["text"].encode()).digest()[0] % 5) * 0.01)
-            self._send(200, answer(req))
-
-    def start(port=0):
-        srv = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-        return srv
-
-    if __name__ == "__main__":
-        port = int(sys.argv[sys.argv.index("--port") + 1])
-        time.sleep(0.5)
-        start(port).serve_forever()
-    '''
-)
-
-
-@pytest.fixture(scope="module")
-def standin(tmp_path_factory):
-    path = tmp_path_factory.mktemp("standin") / "standin_server.py"
-    path.write_text(STANDIN)
-    mod = _load("gemma4_parity_standin", str(path))
-    srv = mod.start()
-    yield mod, f"http://127.0.0.1:{srv.server_address[1]}", srv.server_address[1]
-    srv.shutdown()
+# The stand-in for sglang's HTTP server is test/srt/fake_sglang_server.py (the fake_sglang_server fixture): its
+# /generate output tokens are a deterministic function of the prompt text (fake_sglang_server.answer), answers
+# are delayed by a prompt-dependent amount so that concurrent requests finish out of order.
 
 
 @pytest.fixture(scope="module")
@@ -133,12 +52,11 @@ def tiny_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def collected(standin, tiny_dir):
-    mod, base, _ = standin
-    mod.REQUESTS.clear()
-    res = sp.collect(base, tiny_dir, "stock", text_n=12, image_k=6, max_new_tokens=16, image_max_new_tokens=5,
-                     seed=11, concurrency=4)
-    return res, list(mod.REQUESTS)
+def collected(fake_sglang_server, tiny_dir):
+    fake_sglang_server.requests.clear()
+    res = sp.collect(fake_sglang_server.url, tiny_dir, "stock", text_n=12, image_k=6, max_new_tokens=16,
+                     image_max_new_tokens=5, seed=11, concurrency=4)
+    return res, list(fake_sglang_server.requests)
 
 
 # ------------------------------------------------------------------------------------------- collect
@@ -169,17 +87,16 @@ def test_collect_sends_greedy_logprob_requests(collected, tiny_dir):
             assert raw == png
             assert Image.open(io.BytesIO(raw)).size == (w, h)
     assert res["meta"]["engine"] == "stock" and res["meta"]["seed"] == 11 and res["meta"]["concurrency"] == 4
-    assert res["meta"]["server_info"]["version"] == "0.5.23-standin"
+    assert res["meta"]["server_info"]["version"] == fake.VERSION
 
 
-def test_collect_records_answers_in_prompt_order(collected, standin):
-    mod, _, _ = standin
+def test_collect_records_answers_in_prompt_order(collected):
     res, _ = collected
     for kind in ("text", "image"):
         assert [r["index"] for r in res[kind]] == list(range(len(res[kind])))
         for rec in res[kind]:
-            ans = mod.answer({"text": rec["text"], "sampling_params": {"max_new_tokens": len(rec["output_ids"])},
-                              "image_data": [0] * len(rec.get("image_sizes", []))})
+            ans = fake.answer({"text": rec["text"], "sampling_params": {"max_new_tokens": len(rec["output_ids"])},
+                               "image_data": [0] * len(rec.get("image_sizes", []))})
             assert rec["output_ids"] == ans["output_ids"]
             assert rec["prompt_tokens"] == ans["meta_info"]["prompt_tokens"]
             assert rec["logprobs"] == [e[0] for e in ans["meta_info"]["output_token_logprobs"]]
@@ -229,14 +146,14 @@ def test_image_prompts_match_the_chat_template_and_cover_padding(tiny_dir):
         sp.image_prompts(["a"] * 20, len(sp.IMAGE_PROMPTS) + 1, 0)
 
 
-def test_collect_bad_answers_and_http_errors(standin, tiny_dir):
-    mod, base, _ = standin
-    mod.MODE["bad"] = True
+def test_collect_bad_answers_and_http_errors(fake_sglang_server, tiny_dir):
+    base = fake_sglang_server.url
+    fake_sglang_server.bad_generate = True
     try:
         with pytest.raises(sp.BadInput, match="text prompt 0: unexpected /generate answer"):
             sp.collect(base, tiny_dir, "x", text_n=1, image_k=0)
     finally:
-        mod.MODE["bad"] = False
+        fake_sglang_server.bad_generate = False
     with pytest.raises(RuntimeError, match="HTTP 400"):
         sp._request(base, {"index": 3, "text": "<fail>"}, 4, 10)
     with pytest.raises(sp.BadInput, match="no tokenizer.json"):
@@ -246,8 +163,8 @@ def test_collect_bad_answers_and_http_errors(standin, tiny_dir):
             [-1.0, 1, None], [-1.0, 3, None]]}}, "p")
 
 
-def test_collect_cli_writes_file(standin, tiny_dir, tmp_path):
-    _, _, port = standin
+def test_collect_cli_writes_file(fake_sglang_server, tiny_dir, tmp_path):
+    port = fake_sglang_server.port
     out = tmp_path / "c.json"
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, SCRIPT, "collect", "--port", str(port), "--model-dir", tiny_dir,
@@ -267,13 +184,11 @@ def test_serve_starts_collects_and_stops(tmp_path, tiny_dir, monkeypatch):
     waits for /health, collects and stops the server's process group."""
     import socket
 
-    pkg = tmp_path / "fake" / "sglang"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
-    (pkg / "launch_server.py").write_text(STANDIN)
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "fake"))
+    # the server opens its port only after 0.5 s (serve waits through refused connections), then is ready
+    monkeypatch.setenv("PYTHONPATH", fake.write_launch_server_package(str(tmp_path / "fake"), listen_delay_s=0.5,
+                                                                      startup_s=0.0))
     log = tmp_path / "requests.log"
-    monkeypatch.setenv("STANDIN_LOG", str(log))
+    monkeypatch.setenv(fake.REQUEST_LOG_ENV, str(log))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
