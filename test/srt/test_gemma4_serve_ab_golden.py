@@ -91,3 +91,25 @@ def test_expected_files_are_committed():
     names = sorted(os.listdir(EXPECTED))
     assert names == sorted(f"serve_ab_{n}.{ext}" for n in ("both", "golden_merged", "golden_take")
                            for ext in ("json", "md"))
+
+
+def test_pool_use_columns_and_unified_lines_appear_only_when_logged():
+    doc = json.load(open(os.path.join(DATA, "serve_ab_both.json")))
+    plain = sab.render_markdown(doc)
+    assert "peak full tokens used" not in plain and "unified memory:" not in plain
+    wl = doc["runs"][0]["workload"]
+    for i, r in enumerate(r for r in doc["runs"] if r["workload"] == wl and r["kind"] == "timed"):
+        r["peak_full_tokens_used"], r["peak_swa_tokens_used"] = 1000 + i, 5000 - i
+    server = next(s for s in doc["servers"] if wl in s["workloads"])
+    server.setdefault("log_info", {})["unified_pool_lines"] = ["[unified-memory-pool] UnifiedKVPool swa: total=1"]
+    md = sab.render_markdown(doc)
+    block = md.split(f"Server of `{wl}`:")[1].split("\n\n")[1].splitlines()
+    assert block[0].endswith("| peak full tokens used, timed passes | peak SWA tokens used, timed passes |")
+    engines = {line.split(" | ")[0].lstrip("| ") for line in block[2:]}
+    timed = [r for r in doc["runs"] if r["workload"] == wl and r["kind"] == "timed"]
+    for e in engines:
+        mine = [r for r in timed if r["engine"] == e]
+        row = next(line for line in block[2:] if line.startswith(f"| {e} |"))
+        assert row.endswith(f"| {max(r['peak_full_tokens_used'] for r in mine)} | "
+                            f"{max(r['peak_swa_tokens_used'] for r in mine)} |")
+    assert "unified memory: [unified-memory-pool] UnifiedKVPool swa: total=1" in md

@@ -94,6 +94,24 @@ def _server_cells(doc: Dict[str, Any], wl: str, e: str) -> List[Any]:
     return [e, *("-" if v is None else v for v in facts), cw, ct, _fmt(s.get("ready_s"))]
 
 
+USED_KEYS = ("peak_full_tokens_used", "peak_swa_tokens_used")
+USED_HEADER = ("peak full tokens used, timed passes", "peak SWA tokens used, timed passes")
+
+
+def _used_cells(doc: Dict[str, Any], wl: str, e: str) -> List[Any]:
+    """The most full-pool and SWA-pool tokens in use over the timed passes (from the Decode batch lines)."""
+    runs = [r for r in doc["runs"] if r["workload"] == wl and r["engine"] == e and r["kind"] == "timed"]
+    out = []
+    for key in USED_KEYS:
+        seen = [r.get(key) for r in runs if r.get(key) is not None]
+        out.append(max(seen) if seen else "-")
+    return out
+
+
+def _logs_pool_use(doc: Dict[str, Any], wl: str) -> bool:
+    return any(r.get(k) is not None for r in doc["runs"] if r["workload"] == wl for k in USED_KEYS)
+
+
 def render_markdown(doc: Dict[str, Any]) -> str:
     sources = _sources(doc)
     workloads = list(doc["workloads"])
@@ -147,8 +165,12 @@ def render_markdown(doc: Dict[str, Any]) -> str:
         engines = [e for e in ENGINES if any(r["workload"] == wl and r["engine"] == e for r in doc["runs"])]
         if not engines:
             continue
-        lines += ["", f"Server of `{wl}`:", "",
-                  *tables.table(SERVER_HEADER, [_server_cells(doc, wl, e) for e in engines])]
+        if _logs_pool_use(doc, wl):  # servers that log pool use per decode batch (hybrid SWA, unified memory)
+            table = tables.table(SERVER_HEADER + USED_HEADER,
+                                 [_server_cells(doc, wl, e) + _used_cells(doc, wl, e) for e in engines])
+        else:
+            table = tables.table(SERVER_HEADER, [_server_cells(doc, wl, e) for e in engines])
+        lines += ["", f"Server of `{wl}`:", "", *table]
     lines += ["", "Engines:"]
     for label, meta, _ in sources:
         for e in [e for e in meta.get("engines", []) if _contributes(doc, label, meta, e)]:
@@ -161,7 +183,9 @@ def render_markdown(doc: Dict[str, Any]) -> str:
         lines.append(f"- {s['engine']} {s['profile']} ({', '.join(s['workloads'])}){src}: "
                      f"series line: {info.get('series_line') or 'none'}; KV split: "
                      f"{' | '.join(info.get('kv_split_lines') or []) or 'none'}; command `{' '.join(s['cmd'])}`"
-                     + (f" env {' '.join(f'{k}={v}' for k, v in s['env'].items())}" if s.get("env") else ""))
+                     + (f" env {' '.join(f'{k}={v}' for k, v in s['env'].items())}" if s.get("env") else "")
+                     + (f"; unified memory: {' | '.join(info['unified_pool_lines'])}"
+                        if info.get("unified_pool_lines") else ""))
     lines += ["", "Workloads (bench_serving arguments after the --num-prompts override; serve_ab adds --seed, "
               "--num-prompts per pass, --dataset-path, --host/--port and --output-file):"]
     for wl, d in doc["workloads"].items():
