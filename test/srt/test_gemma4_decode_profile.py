@@ -618,7 +618,9 @@ def _fake_engine():
     return fake_torch, ob, ModelRunner, ServerArgs, original_latency_test
 
 
-def test_run_orchestration_with_a_fake_engine(tmp_path):
+def test_run_orchestration_with_a_fake_engine(tmp_path, monkeypatch):
+    monkeypatch.setenv("SGLANG_GEMMA4_TRITON_KV_SPLITS", "0")
+    monkeypatch.setenv("SGLANG_OTHER_SETTING", "1")
     fake_torch, ob, ModelRunner, ServerArgs, original = _fake_engine()
     model = _tiny_model_dir(tmp_path)
     out = tmp_path / "res"
@@ -652,6 +654,11 @@ def test_run_orchestration_with_a_fake_engine(tmp_path):
     assert res["meta"]["bandwidth_source"] == "device copy measured at start"
     assert res["meta"]["bandwidth_bytes_per_s"] == pytest.approx(2 * (1 << 30) / 0.9e-3)
     assert "at 2.39 TB/s (device copy measured at start" in stem.with_suffix(".md").read_text()
+    # the switches a profile ran under are in its result: only the series' and the Triton decode ones
+    assert res["meta"]["switches"].get("SGLANG_GEMMA4_TRITON_KV_SPLITS") == "0"
+    assert "SGLANG_OTHER_SETTING" not in res["meta"]["switches"]
+    assert "Switches set: " in stem.with_suffix(".md").read_text()
+    assert "SGLANG_GEMMA4_TRITON_KV_SPLITS=0" in stem.with_suffix(".md").read_text()
     assert (out / "decode_profile_tiny-e2b_stock_events.json.gz").is_file()
     assert "## 16 running requests, context 600 tokens" in stem.with_suffix(".md").read_text()
 

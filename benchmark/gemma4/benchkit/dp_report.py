@@ -246,7 +246,9 @@ def profile_markdown(res: Dict[str, Any]) -> str:
     L.append(f"Date {m['date']}, commit {m['commit']}, torch {m['torch']}, triton {m['triton']}. "
              f"Model directory geometry `{m['model']}` ({m['load_format']} weights), attention backend "
              f"{m.get('attention_backend', '?')}, sampling backend {m.get('sampling_backend', '?')}, CUDA graphs "
-             f"for batch sizes {m['batch_sizes']}. Series: {m.get('series') or 'none (stock)'}.")
+             f"for batch sizes {m['batch_sizes']}. Series: {m.get('series') or 'none (stock)'}."
+             + (f" Switches set: {', '.join(f'{k}={v}' for k, v in m['switches'].items())}."
+                if m.get("switches") else ""))
     L.append("")
     tm = m["timings"]
     L.append(f"Timings: model load {tm.get('load_model_s', float('nan')):.1f} s, CUDA-graph capture "
