@@ -263,6 +263,7 @@ def _make_plan(ns: argparse.Namespace) -> Tuple[Plan, Dict[str, Any]]:
                  f"{kv_budget.MTP_DRAFT_TOKENS} draft tokens"}
                 if draft else None),
         "extra_bench_args": plan.bench_extra, "log_dir": plan.log_dir, "argv": list(sys.argv[1:]),
+        "switches": stamp.switches(os.environ),  # both engines' servers inherit them
     }
     return plan, meta
 

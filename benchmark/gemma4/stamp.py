@@ -99,3 +99,12 @@ def device_slug(device_name: str) -> str:
         if tag in low:
             return tag
     return "cpu" if "nvidia" not in low else low.replace("nvidia", "").strip().replace(" ", "-")[:20]
+
+
+SWITCH_PREFIXES = ("SGLANG_GEMMA4_", "SGLANG_TRITON_DECODE_", "SGLANG_SIMULATE_ACC_LEN")
+
+
+def switches(environ) -> dict:
+    """The series' switches, the Triton decode ones and the simulated MTP accept length set in ``environ``:
+    what a result ran under (e.g. SGLANG_GEMMA4_TRITON_KV_SPLITS=0 measures 0.5.23's split cap)."""
+    return {k: environ[k] for k in sorted(environ) if k.startswith(SWITCH_PREFIXES)}

@@ -113,3 +113,23 @@ def test_pool_use_columns_and_unified_lines_appear_only_when_logged():
         assert row.endswith(f"| {max(r['peak_full_tokens_used'] for r in mine)} | "
                             f"{max(r['peak_swa_tokens_used'] for r in mine)} |")
     assert "unified memory: [unified-memory-pool] UnifiedKVPool swa: total=1" in md
+
+
+def test_switches_are_named_in_the_report_and_must_agree_to_merge(tmp_path):
+    doc = json.load(open(os.path.join(DATA, "serve_ab_both.json")))
+    assert "Switches set" not in sab.render_markdown(doc)
+    doc["meta"]["switches"] = {"SGLANG_GEMMA4_TRITON_KV_SPLITS": "0", "SGLANG_SIMULATE_ACC_LEN": "3"}
+    assert ("Switches set for both engines: SGLANG_GEMMA4_TRITON_KV_SPLITS=0, SGLANG_SIMULATE_ACC_LEN=3."
+            in sab.render_markdown(doc))
+    up = json.load(open(os.path.join(DATA, "serve_ab_upstream.json")))
+    pa = json.load(open(os.path.join(DATA, "serve_ab_patched.json")))
+    pa["meta"]["switches"] = {"SGLANG_GEMMA4_FUSED_QKV_NORM_ROPE": "1"}
+    paths = []
+    for name, d in (("up.json", up), ("pa.json", pa)):
+        paths.append(str(tmp_path / name))
+        json.dump(d, open(paths[-1], "w"))
+    with pytest.raises(sab.ServeABError, match="switches set"):
+        sab.merge_docs(paths)
+    up["meta"]["switches"] = dict(pa["meta"]["switches"])
+    json.dump(up, open(paths[0], "w"))
+    assert sab.merge_docs(paths)["kind"] == "merge"

@@ -232,3 +232,11 @@ def test_graph_time_us_rejects_bad_counts(kw):
     name = next(iter(kw))
     with pytest.raises(ValueError, match=f"{name} must be an integer >= 1"):
         graph_timing.graph_time_us(FakeTorch(1.0), lambda i: None, args.pop("launches"), **args)
+
+
+def test_switches_keep_the_series_triton_decode_and_simulated_accept_settings():
+    env = {"SGLANG_GEMMA4_TRITON_KV_SPLITS": "0", "SGLANG_TRITON_DECODE_ATTN_STATIC_KV_SPLITS": "1",
+           "SGLANG_SIMULATE_ACC_LEN": "3", "SGLANG_OTHER": "x", "PATH": "/bin", "GEMMA4_NOT_SGLANG": "1"}
+    assert stamp.switches(env) == {"SGLANG_GEMMA4_TRITON_KV_SPLITS": "0", "SGLANG_SIMULATE_ACC_LEN": "3",
+                                   "SGLANG_TRITON_DECODE_ATTN_STATIC_KV_SPLITS": "1"}
+    assert list(stamp.switches(env)) == sorted(stamp.switches(env))

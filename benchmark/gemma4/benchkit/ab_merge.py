@@ -69,7 +69,8 @@ def merge_docs(paths: Sequence[str], take: Optional[Dict[str, Set[Tuple[str, str
     checks = [("model", lambda d: d["meta"]["model"]), ("load format", lambda d: d["meta"].get("load_format")),
               ("extra server args", lambda d: d["meta"].get("extra_server_args")),
               ("MTP flags", lambda d: (d["meta"].get("mtp") or {}).get("flags")),
-              ("base seed", lambda d: d["meta"].get("base_seed"))]
+              ("base seed", lambda d: d["meta"].get("base_seed")),
+              ("switches set", lambda d: d["meta"].get("switches") or None)]
     for path, doc in docs[1:]:
         for what, get in checks:
             if get(doc) != get(base):

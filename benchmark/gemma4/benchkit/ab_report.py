@@ -140,7 +140,9 @@ def render_markdown(doc: Dict[str, Any]) -> str:
                      f"{meta['repeats']} timed repeat(s) (seeds {meta['seeds']['timed']}) after one warm-up pass "
                      f"(seed {meta['seeds']['warmup']}, up to {meta['warmup_prompts']} prompts) per workload and "
                      f"engine; caches {'flushed' if meta.get('flush_before_pass') else 'not flushed'} before "
-                     f"each pass.")
+                     f"each pass."
+                     + (f" Switches set for both engines: {', '.join(f'{k}={v}' for k, v in meta['switches'].items())}."
+                        if meta.get("switches") else ""))
     devices = {meta["device"] for _, meta, _ in sources}
     if len(devices) > 1:
         lines.append(f"- **The inputs ran on different devices** ({'; '.join(sorted(devices))}).")

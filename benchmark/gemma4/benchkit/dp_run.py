@@ -284,15 +284,6 @@ def measure_copy_bandwidth(torch, nbytes: int = COPY_PROBE_BYTES, repeats: int =
     return 2.0 * nbytes / seconds
 
 
-SWITCH_PREFIXES = ("SGLANG_GEMMA4_", "SGLANG_TRITON_DECODE_")
-
-
-def gemma4_switches(environ) -> Dict[str, str]:
-    """The series' switches (and the Triton decode ones) set in the environment the profile ran in: a result
-    names what it measured (e.g. SGLANG_GEMMA4_TRITON_KV_SPLITS=0 profiles 0.5.23's split cap)."""
-    return {k: environ[k] for k in sorted(environ) if k.startswith(SWITCH_PREFIXES)}
-
-
 def _engine_meta(torch) -> Dict[str, Any]:
     import importlib.metadata
 
@@ -417,7 +408,7 @@ def cmd_run(opts, engine: Optional[Tuple[Any, Any, Any, Any]] = None) -> int:
         "load_format": _flag_value(argv, "--load-format") or "auto", "server_args": argv[2:],
         "batch_sizes": sizes, "context_target": opts.context, "warmup_steps": WARMUP_STEPS,
         "timed_steps": TIMED_STEPS, "profiled_steps": opts.steps, "timings": timings, "sizing": sizing,
-        "switches": gemma4_switches(os.environ),
+        "switches": stamp.switches(os.environ),
         "bandwidth_bytes_per_s": opts.bw, "bandwidth_source": bw_source, "peak_bf16_flop_per_s": opts.peak,
     })
     events = {"meta": meta, "geometry_config": _config_of(opts.model),
