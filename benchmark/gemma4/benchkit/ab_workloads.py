@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from benchkit.ab_common import ServeABError
+from benchkit.flags import get_flag  # noqa: F401  (serve_ab and ab_plan take it from here)
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # benchmark/gemma4
 VIDEO_CLIENT = os.path.join(HERE, "video_client.py")  # benchkit/ab_video.py's command line
@@ -133,15 +134,6 @@ def set_flag(args: Sequence[str], flag: str, value: str) -> List[str]:
     return out
 
 
-def get_flag(args: Sequence[str], flag: str) -> Optional[str]:
-    """The value the last occurrence of ``flag`` gives (argparse semantics), or None."""
-    value = None
-    for i, a in enumerate(args):
-        if a == flag and i + 1 < len(args):
-            value = args[i + 1]
-        elif a.startswith(flag + "="):
-            value = a[len(flag) + 1:]
-    return value
 
 
 def write_sharegpt(path: str, n: int, seed: Any = 1) -> str:

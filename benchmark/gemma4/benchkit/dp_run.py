@@ -17,6 +17,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import stamp
 from benchkit.dp_floor import BF16, ModelGeom, load_geometry, parameter_counts
+from benchkit.flags import get_flag
 from benchkit.dp_report import result_commit, write_result
 from benchkit.dp_trace import (MODULE_PREFIX, PHASE_PREFIX, STEP_PREFIX, analyze_events, annotate, compact_trace,
                                short_name)
@@ -342,17 +343,17 @@ def cmd_run(opts, engine: Optional[Tuple[Any, Any, Any, Any]] = None) -> int:
     card = _card_bytes(torch)
     sizing = None
     if card is not None:
-        given = _flag_value(argv, "--mem-fraction-static")
+        given = get_flag(argv, "--mem-fraction-static")
         sizing = size_run(geom, sizes, opts.context, opts.steps, card, float(given) if given else None)
         for b, why in sorted(sizing["skipped"].items()):
             print(f"decode_profile: batch size {b} left out: {why}", flush=True)
         sizes = sizing["kept"]
         if given is None:
             argv += ["--mem-fraction-static", str(sizing["mem_fraction"])]
-        ctx = _flag_value(argv, "--context-length")
+        ctx = get_flag(argv, "--context-length")
         if ctx is None or int(ctx) < sizing["context_length"]:
             argv += ["--context-length", str(sizing["context_length"])]
-        print(f"decode_profile: batch sizes {sizes}, --mem-fraction-static {_flag_value(argv, '--mem-fraction-static')}"
+        print(f"decode_profile: batch sizes {sizes}, --mem-fraction-static {get_flag(argv, '--mem-fraction-static')}"
               f" (weights {sizing['weights_gib']:.1f} GiB, KV {sizing['kv_gib']:.1f} GiB, prefill headroom "
               f"{sizing['prefill_headroom_gib']:.1f} GiB of {card / GIB:.1f} GiB)", flush=True)
     argv += ["--cuda-graph-bs-decode"] + [str(b) for b in sizes]
@@ -405,7 +406,7 @@ def cmd_run(opts, engine: Optional[Tuple[Any, Any, Any, Any]] = None) -> int:
     meta.update({
         "model": geom.name, "model_dir": os.path.basename(os.path.normpath(opts.model)), "engine_label": label,
         "date": stamp.utc_now(), "commit": result_commit(),
-        "load_format": _flag_value(argv, "--load-format") or "auto", "server_args": argv[2:],
+        "load_format": get_flag(argv, "--load-format") or "auto", "server_args": argv[2:],
         "batch_sizes": sizes, "context_target": opts.context, "warmup_steps": WARMUP_STEPS,
         "timed_steps": TIMED_STEPS, "profiled_steps": opts.steps, "timings": timings, "sizing": sizing,
         "switches": stamp.switches(os.environ),
@@ -422,17 +423,6 @@ def cmd_run(opts, engine: Optional[Tuple[Any, Any, Any, Any]] = None) -> int:
     print(f"decode_profile: wrote {stem}.json / .md / _events.json.gz under {opts.out} "
           f"({timings['run_total_s']:.0f} s in all)", flush=True)
     return 0
-
-
-def _flag_value(argv: List[str], flag: str) -> Optional[str]:
-    """The last value given for flag (argparse keeps the last)."""
-    value = None
-    for i, a in enumerate(argv):
-        if a == flag and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif a.startswith(flag + "="):
-            value = a.split("=", 1)[1]
-    return value
 
 
 def _card_bytes(torch) -> Optional[float]:
